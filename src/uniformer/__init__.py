@@ -1,0 +1,65 @@
+"""uniformer: UniFormer and Visual Transformer backbones, timm-native, loading the official checkpoints.
+
+Importing the package registers every model with timm, so ``timm.create_model("uniformer_small")`` works too.
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import os
+from typing import Any, List, Optional, Union
+
+import timm
+import torch.nn as nn
+from timm.models import model_entrypoint, split_model_name_tag
+
+from . import models  # noqa: F401  (registers the architectures)
+from .checkpoint import LoadResult, load_checkpoint, read_checkpoint
+from .models import UniFormer, UniFormerLight
+from .utils import count_flops, count_params
+
+__version__ = "0.1.0"
+__all__ = [
+    "create_model", "list_models", "load_checkpoint", "read_checkpoint", "LoadResult", "count_params",
+    "count_flops", "UniFormer", "UniFormerLight", "resolve_model_name",
+]
+
+
+def list_models(pattern: str = "*", pretrained: bool = False) -> List[str]:
+    """Names of the architectures this package registers (``pretrained=True``: ``name.tag`` for every checkpoint)."""
+    names = timm.list_models(pattern if not pretrained else "*", pretrained=pretrained)
+    ours = [n for n in names if model_entrypoint(split_model_name_tag(n)[0]).__module__.startswith(__name__ + ".")]
+    return [n for n in ours if fnmatch.fnmatch(n, pattern)]
+
+
+def resolve_model_name(name: str) -> str:
+    """Return ``name`` if it is one of ours (optionally with a ``.tag``), else raise ``ValueError`` with suggestions."""
+    arch, tag = split_model_name_tag(name)
+    known = list_models()
+    if arch not in known:
+        close = difflib.get_close_matches(arch, known, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; run `uniformer models` to list them"
+        raise ValueError(f"unknown model {name!r}{hint}")
+    if tag and name not in list_models(arch, pretrained=True):
+        tags = [n.split(".", 1)[1] for n in list_models(arch, pretrained=True)]
+        raise ValueError(f"unknown checkpoint tag {tag!r} for {arch}; available: {', '.join(tags)}")
+    return name
+
+
+def create_model(
+    model_name: str,
+    pretrained: bool = False,
+    checkpoint_path: Optional[Union[str, os.PathLike]] = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Create a registered model by name, overriding architecture arguments with the official keyword names.
+
+    ``checkpoint_path`` loads a local official or own checkpoint (any wrapper, ``.pth``/``.safetensors``) through
+    :func:`load_checkpoint`; it works offline. ``pretrained=True`` downloads from the authors' hub repository.
+    Example: ``create_model("uniformer_small", depth=[1, 1, 2, 1], embed_dim=[16, 32, 64, 128], head_dim=16,
+    num_classes=10)``.
+    """
+    model = timm.create_model(resolve_model_name(model_name), pretrained=pretrained, **kwargs)
+    if checkpoint_path is not None:
+        load_checkpoint(model, checkpoint_path)
+    return model

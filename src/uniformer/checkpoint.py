@@ -1,0 +1,143 @@
+"""Reading weight files safely and loading them into models with a loud key report.
+
+Every file is read with ``torch.load(weights_only=True)`` (pickles that would run code are refused) or with
+safetensors. Official training checkpoints also pickle an ``argparse.Namespace``; it is allow-listed because it
+only holds plain values.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Union
+
+import torch
+import torch.nn as nn
+
+from .convert import convert_state_dict
+
+__all__ = ["read_checkpoint", "load_checkpoint", "LoadResult"]
+
+_logger = logging.getLogger("uniformer")
+
+PathLike = Union[str, os.PathLike]
+SAFE_GLOBALS = [argparse.Namespace]
+
+
+class LoadResult(NamedTuple):
+    """Outcome of :func:`load_checkpoint`: keys the model kept at init and keys the checkpoint had in excess."""
+
+    missing_keys: List[str]
+    unexpected_keys: List[str]
+    dropped_heads: List[str]
+    dropped_tail: List[str]
+
+
+def read_checkpoint(path: PathLike) -> Dict[str, Any]:
+    """Read a ``.pth``/``.pt``/``.bin`` (weights-only unpickling) or ``.safetensors`` file into a dict on the CPU.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file for anything unreadable
+    (truncated or corrupt files, pickles that contain code or arbitrary objects).
+    """
+    path = Path(path)
+    if path.is_dir():
+        candidate = path / "model.safetensors"
+        if not candidate.is_file():
+            raise FileNotFoundError(f"checkpoint directory {path} has no model.safetensors")
+        path = candidate
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ValueError(f"cannot read safetensors checkpoint {path}: {e}") from None
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"refusing to load {path}: it is not a plain weights file (weights-only unpickling failed: {first}). "
+            f"Only tensors, containers and plain values are accepted; nothing in the file was executed"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise ValueError(f"cannot read checkpoint {path}: the file is truncated or corrupt ({e})") from None
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict of tensors")
+    return dict(obj)
+
+
+def _short(keys: List[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", … (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_checkpoint(
+    model: nn.Module,
+    source: Union[PathLike, Mapping[str, Any]],
+    strict: bool = True,
+    use_ema: Optional[bool] = None,
+    allow_layer_scale_drop: bool = False,
+) -> LoadResult:
+    """Load official or our own weights into ``model``.
+
+    ``source`` is a file path (``.pth``, ``.pt``, ``.safetensors``, or a directory with ``model.safetensors``) or an
+    in-memory checkpoint in any official wrapper (``model``, ``state_dict``, ``model_state``; ``module.`` and
+    ``backbone.`` prefixes). Classifier heads whose class count differs are dropped with a warning and keep their
+    init. ``strict=True`` raises ``ValueError`` listing missing and unexpected keys. Layer-scale (γ) weights are never
+    dropped silently: loading a layer-scale checkpoint into a model without layer scale fails unless
+    ``allow_layer_scale_drop=True``. ``use_ema=None`` uses the EMA weights only for models whose official checkpoints
+    were evaluated with EMA (the light models), when the file has them.
+    """
+    checkpoint = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
+    if use_ema is None:
+        use_ema = bool(getattr(model, "default_use_ema", False)) and any(
+            k in checkpoint for k in ("model_ema", "state_dict_ema", "model_state_ema")
+        )
+    state_dict, report = convert_state_dict(checkpoint, model, use_ema=use_ema)
+    model_keys = set(model.state_dict())
+    gammas = sorted(k for k in state_dict if k not in model_keys and k.rsplit(".", 1)[-1].startswith("gamma_"))
+    if gammas and not allow_layer_scale_drop:
+        raise ValueError(
+            f"checkpoint has layer-scale weights the model lacks ({_short(gammas, 4)}): build the layer-scale "
+            f"variant (e.g. uniformer_base_ls) or pass allow_layer_scale_drop=True"
+        )
+    state_dict = {k: v for k, v in state_dict.items() if k not in gammas}
+    target = model.state_dict()
+    mismatched = [
+        f"{k} (checkpoint {list(v.shape)} vs model {list(target[k].shape)})"
+        for k, v in state_dict.items()
+        if k in target and v.shape != target[k].shape
+    ]
+    if mismatched:
+        raise ValueError(
+            f"checkpoint does not match {type(model).__name__}: {len(mismatched)} shape mismatch(es): "
+            f"{_short(mismatched, 4)}"
+        )
+    if report.dropped_heads:
+        _logger.warning(
+            "checkpoint classifier has a different class count; re-initialised %s", _short(report.dropped_heads)
+        )
+    if report.dropped_tail:
+        _logger.info("model has no classification tail; skipped %s", _short(report.dropped_tail))
+    result = model.load_state_dict(state_dict, strict=False)
+    allowed_missing = set(report.dropped_heads)
+    missing = [k for k in result.missing_keys if k not in allowed_missing]
+    unexpected = list(result.unexpected_keys)
+    if strict and (missing or unexpected):
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} key(s): {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} key(s): {_short(unexpected)}")
+        raise ValueError(f"checkpoint does not match {type(model).__name__}: " + "; ".join(parts))
+    if missing or unexpected:
+        _logger.warning("non-strict load: %d missing, %d unexpected keys", len(missing), len(unexpected))
+    return LoadResult(missing, unexpected, report.dropped_heads, report.dropped_tail)

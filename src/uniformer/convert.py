@@ -1,0 +1,98 @@
+"""Official checkpoint formats → our state dicts.
+
+Official files wrap their weights differently (image: ``model``, token labeling: ``state_dict``, video:
+``model_state``, dense: ``state_dict`` with a ``backbone.`` prefix). Because the module tree keeps the official names,
+conversion is unwrapping, prefix stripping and dropping the documented extras; nothing is renamed.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+
+__all__ = ["unwrap_state_dict", "convert_state_dict", "checkpoint_filter_fn", "ConversionReport", "WRAPPER_KEYS"]
+
+_logger = logging.getLogger("uniformer")
+
+WRAPPER_KEYS = ("model", "state_dict", "model_state")
+EMA_KEYS = ("model_ema", "state_dict_ema", "model_state_ema")
+PREFIXES = ("module.", "backbone.")
+CLASSIFIERS = ("head", "aux_head", "head_cls")
+TAIL_PREFIXES = ("norm.", "norm_cls.") + tuple(f"{c}." for c in CLASSIFIERS)
+
+
+class ConversionReport(NamedTuple):
+    """What :func:`convert_state_dict` changed: heads dropped for a class-count mismatch, tail keys dropped because
+    the model has no such module, and the wrapper key that was unwrapped."""
+
+    dropped_heads: List[str]
+    dropped_tail: List[str]
+    wrapper: Optional[str]
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def unwrap_state_dict(checkpoint: Mapping[str, Any], use_ema: bool = False) -> tuple[Dict[str, torch.Tensor], Optional[str]]:
+    """Return the tensor state dict inside an official or timm container, and the key it came from.
+
+    ``use_ema=True`` prefers the EMA weights (``model_ema``/``state_dict_ema``) and fails if there are none.
+    ``module.`` and ``backbone.`` prefixes are stripped.
+    """
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f"expected a checkpoint dict, got {type(checkpoint).__name__}")
+    keys = (EMA_KEYS if use_ema else ()) + WRAPPER_KEYS
+    wrapper = next((k for k in keys if k in checkpoint and isinstance(checkpoint[k], Mapping)), None)
+    if use_ema and wrapper not in EMA_KEYS:
+        raise ValueError(f"checkpoint has no EMA weights (looked for {', '.join(EMA_KEYS)}; found {sorted(checkpoint)[:8]})")
+    sd = checkpoint[wrapper] if wrapper else checkpoint
+    if not _is_state_dict(sd):
+        found = sorted(str(k) for k in checkpoint)[:8]
+        raise ValueError(
+            f"no state dict of tensors found: expected tensors at the top level or under one of "
+            f"{', '.join(WRAPPER_KEYS)}; found keys {found}"
+        )
+    out = {}
+    for k, v in sd.items():
+        for prefix in PREFIXES:
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out, wrapper
+
+
+def convert_state_dict(
+    state_dict: Mapping[str, Any], model: nn.Module, use_ema: bool = False
+) -> tuple[Dict[str, torch.Tensor], ConversionReport]:
+    """Convert an official (or our own) checkpoint for ``model``.
+
+    Drops (a) classifier weights whose class count differs from the model's (they keep their fresh init), and
+    (b) classification-tail weights the model does not have (e.g. a backbone built with ``num_classes=0``). Everything
+    else is passed through so that a strict load reports real mismatches.
+    """
+    sd, wrapper = unwrap_state_dict(state_dict, use_ema=use_ema)
+    target = model.state_dict()
+    out: Dict[str, torch.Tensor] = {}
+    dropped_heads: List[str] = []
+    dropped_tail: List[str] = []
+    for k, v in sd.items():
+        is_classifier = k.split(".")[0] in CLASSIFIERS
+        if k not in target and k.startswith(TAIL_PREFIXES) and not any(t.startswith(k.split(".")[0] + ".") for t in target):
+            dropped_tail.append(k)
+            continue
+        if is_classifier and k in target and target[k].shape != v.shape:
+            dropped_heads.append(k)
+            continue
+        out[k] = v
+    return out, ConversionReport(dropped_heads, dropped_tail, wrapper)
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """timm ``pretrained_filter_fn``: unwrap and convert an official checkpoint for ``model``."""
+    out, report = convert_state_dict(state_dict, model)
+    if report.dropped_heads:
+        _logger.warning("classifier shapes differ from the checkpoint; re-initialised %s", ", ".join(report.dropped_heads))
+    return out

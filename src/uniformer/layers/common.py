@@ -1,0 +1,44 @@
+"""Dimension-generic primitives: the same code builds 2-D (image) and 3-D (video) layers."""
+from __future__ import annotations
+
+from typing import Sequence, Type, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["conv_nd", "batch_norm_nd", "avg_pool_nd", "ChannelLayerNorm", "check_dims"]
+
+
+def check_dims(dims: int) -> int:
+    """Validate the spatial dimensionality of a block (2 = image, 3 = video)."""
+    if dims not in (2, 3):
+        raise ValueError(f"dims must be 2 (image) or 3 (video), got {dims!r}")
+    return dims
+
+
+def conv_nd(dims: int) -> Type[nn.Module]:
+    """``nn.Conv2d`` for ``dims=2``, ``nn.Conv3d`` for ``dims=3``."""
+    return (nn.Conv2d, nn.Conv3d)[check_dims(dims) - 2]
+
+
+def batch_norm_nd(dims: int) -> Type[nn.Module]:
+    """``nn.BatchNorm2d`` for ``dims=2``, ``nn.BatchNorm3d`` for ``dims=3``."""
+    return (nn.BatchNorm2d, nn.BatchNorm3d)[check_dims(dims) - 2]
+
+
+def avg_pool_nd(x: torch.Tensor, kernel: Union[int, Sequence[int]]) -> torch.Tensor:
+    """Average pooling with stride = kernel on a 2-D or 3-D map (floor mode)."""
+    return (F.avg_pool2d if x.ndim == 4 else F.avg_pool3d)(x, kernel, kernel)
+
+
+class ChannelLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channel dim of a channels-first map (N, C, *spatial), any number of spatial dims.
+
+    Parameter names (``weight``/``bias``) are those of ``nn.LayerNorm`` so official keys load unchanged.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.movedim(1, -1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.movedim(-1, 1)
