@@ -14,22 +14,22 @@ import torch.nn as nn
 from timm.models import model_entrypoint, split_model_name_tag
 
 from . import models  # noqa: F401  (registers the architectures)
-from .checkpoint import LoadResult, load_checkpoint, read_checkpoint
+from .checkpoint import LoadResult, load_checkpoint, load_pretrained, read_checkpoint, save_pretrained
 from .models import UniFormer, UniFormerLight
 from .utils import count_flops, count_params
 
 __version__ = "0.1.0"
 __all__ = [
     "create_model", "list_models", "load_checkpoint", "read_checkpoint", "LoadResult", "count_params",
-    "count_flops", "UniFormer", "UniFormerLight", "resolve_model_name",
+    "count_flops", "UniFormer", "UniFormerLight", "resolve_model_name", "save_pretrained", "load_pretrained",
 ]
 
 
 def list_models(pattern: str = "*", pretrained: bool = False) -> List[str]:
     """Names of the architectures this package registers (``pretrained=True``: ``name.tag`` for every checkpoint)."""
-    names = timm.list_models(pattern if not pretrained else "*", pretrained=pretrained)
+    names = timm.list_models(pretrained=pretrained)
     ours = [n for n in names if model_entrypoint(split_model_name_tag(n)[0]).__module__.startswith(__name__ + ".")]
-    return [n for n in ours if fnmatch.fnmatch(n, pattern)]
+    return [n for n in ours if fnmatch.fnmatch(n, pattern) or fnmatch.fnmatch(split_model_name_tag(n)[0], pattern)]
 
 
 def resolve_model_name(name: str) -> str:

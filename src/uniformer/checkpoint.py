@@ -7,19 +7,25 @@ only holds plain values.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
 import os
 import pickle
+import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Union
+from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 
 from .convert import convert_state_dict
 
-__all__ = ["read_checkpoint", "load_checkpoint", "LoadResult"]
+__all__ = [
+    "read_checkpoint", "load_checkpoint", "LoadResult", "atomic_path", "save_pretrained", "load_pretrained",
+    "read_model_config",
+]
 
 _logger = logging.getLogger("uniformer")
 
@@ -97,10 +103,6 @@ def load_checkpoint(
     were evaluated with EMA (the light models), when the file has them.
     """
     checkpoint = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
-    if use_ema is None:
-        use_ema = bool(getattr(model, "default_use_ema", False)) and any(
-            k in checkpoint for k in ("model_ema", "state_dict_ema", "model_state_ema")
-        )
     state_dict, report = convert_state_dict(checkpoint, model, use_ema=use_ema)
     model_keys = set(model.state_dict())
     gammas = sorted(k for k in state_dict if k not in model_keys and k.rsplit(".", 1)[-1].startswith("gamma_"))
@@ -141,3 +143,87 @@ def load_checkpoint(
     if missing or unexpected:
         _logger.warning("non-strict load: %d missing, %d unexpected keys", len(missing), len(unexpected))
     return LoadResult(missing, unexpected, report.dropped_heads, report.dropped_tail)
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path`` (never half-written).
+
+    If the body raises, the temporary file is removed and an existing ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def save_pretrained(
+    model: nn.Module,
+    directory: PathLike,
+    label_names: Optional[Sequence[str]] = None,
+    data_config: Optional[Dict[str, Any]] = None,
+) -> Path:
+    """Write ``model.safetensors`` and a timm-style ``config.json`` (architecture, model args incl. head_dim,
+    preprocessing, label names) into ``directory``; both files are replaced atomically. ``data_config`` overrides
+    the recorded preprocessing (e.g. ``{"input_size": (3, 64, 64)}`` for a model trained at 64²).
+
+    The folder loads with :func:`load_pretrained`, ``uniformer predict --checkpoint DIR`` and
+    ``timm.create_model("local-dir:DIR")``.
+    """
+    from safetensors.torch import save_file
+    from timm.models._hub import save_config_for_hf
+
+    directory = Path(directory)
+    model_config: Dict[str, Any] = {"pretrained_cfg": {"notes": [f"head_dim={getattr(model, 'head_dim', None)}"]}}
+    if label_names is not None:
+        model_config["label_names"] = list(label_names)
+    with atomic_path(directory / "model.safetensors") as tmp:
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    with atomic_path(directory / "config.json") as tmp:
+        save_config_for_hf(model, str(tmp), model_config=model_config, data_config=data_config)
+    return directory
+
+
+def read_model_config(path: PathLike) -> Optional[Dict[str, Any]]:
+    """The ``config.json`` of a saved model folder (or beside a weights file), or None if there is none."""
+    path = Path(path)
+    cfg_file = path / "config.json" if path.is_dir() else path.parent / "config.json"
+    if not cfg_file.is_file():
+        return None
+    try:
+        config = json.loads(cfg_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot parse {cfg_file}: {e}") from None
+    if not isinstance(config, dict) or "architecture" not in config:
+        raise ValueError(f"{cfg_file} is not a model config (no 'architecture' entry)")
+    return config
+
+
+def load_pretrained(path: PathLike, **overrides: Any) -> nn.Module:
+    """Build the model described by a saved folder's ``config.json`` and load its weights (see :func:`save_pretrained`)."""
+    from . import create_model
+
+    config = read_model_config(path)
+    if config is None:
+        raise FileNotFoundError(f"no config.json in {path}: pass the model name and use load_checkpoint instead")
+    kwargs = dict(config.get("model_args", {}), num_classes=config.get("num_classes", 1000))
+    kwargs.update(overrides)
+    model = create_model(config["architecture"], **kwargs)
+    load_checkpoint(model, path)
+    labels = config.get("label_names") or config.get("pretrained_cfg", {}).get("label_names")
+    if labels:
+        model.pretrained_cfg = dict(model.pretrained_cfg, label_names=tuple(labels))
+    return model

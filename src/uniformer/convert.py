@@ -12,7 +12,8 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional
 import torch
 import torch.nn as nn
 
-__all__ = ["unwrap_state_dict", "convert_state_dict", "checkpoint_filter_fn", "ConversionReport", "WRAPPER_KEYS"]
+__all__ = ["unwrap_state_dict", "convert_state_dict", "checkpoint_filter_fn", "ConversionReport", "WRAPPER_KEYS",
+           "resolve_use_ema"]
 
 _logger = logging.getLogger("uniformer")
 
@@ -64,8 +65,18 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any], use_ema: bool = False) -> t
     return out, wrapper
 
 
+def resolve_use_ema(checkpoint: Mapping[str, Any], model: nn.Module, use_ema: Optional[bool]) -> bool:
+    """``use_ema=None``: use EMA weights only for models whose official checkpoints were evaluated with them
+    (``model.default_use_ema``, the light models) and only if the checkpoint has them."""
+    if use_ema is not None:
+        return use_ema
+    return bool(getattr(model, "default_use_ema", False)) and any(
+        isinstance(checkpoint.get(k), Mapping) for k in EMA_KEYS
+    )
+
+
 def convert_state_dict(
-    state_dict: Mapping[str, Any], model: nn.Module, use_ema: bool = False
+    state_dict: Mapping[str, Any], model: nn.Module, use_ema: Optional[bool] = None
 ) -> tuple[Dict[str, torch.Tensor], ConversionReport]:
     """Convert an official (or our own) checkpoint for ``model``.
 
@@ -73,7 +84,7 @@ def convert_state_dict(
     (b) classification-tail weights the model does not have (e.g. a backbone built with ``num_classes=0``). Everything
     else is passed through so that a strict load reports real mismatches.
     """
-    sd, wrapper = unwrap_state_dict(state_dict, use_ema=use_ema)
+    sd, wrapper = unwrap_state_dict(state_dict, use_ema=resolve_use_ema(state_dict, model, use_ema))
     target = model.state_dict()
     out: Dict[str, torch.Tensor] = {}
     dropped_heads: List[str] = []

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Iterator, Sequence
 
 import torch
@@ -45,7 +46,9 @@ def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
 
     Norm layers are included, as in fvcore's default and the published UniFormer numbers.
     """
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():  # fvcore scripts a loss function at import; torch deprecates jit.script
+        warnings.simplefilter("ignore", FutureWarning)
+        from fvcore.nn import FlopCountAnalysis
 
     was_training = model.training
     model.eval()

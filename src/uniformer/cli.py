@@ -1,0 +1,219 @@
+"""The ``uniformer`` command line: model zoo, model info and prediction.
+
+Every subcommand turns bad input into one line on stderr (``uniformer: error: ...``) and a non-zero exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+__all__ = ["main", "build_parser"]
+
+EXIT_ERROR = 1
+
+
+class CliError(Exception):
+    """An error whose message is shown to the user as is."""
+
+
+# ------------------------------------------------------------------------------------------------------- models
+def _gflops(model: torch.nn.Module, size: Sequence[int]) -> float:
+    from .utils import count_flops
+
+    return count_flops(model, (1, *size)) / 1e9
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from . import create_model, list_models
+
+    names = list_models(args.pattern)
+    if not names:
+        raise CliError(f"no model matches {args.pattern!r}; run `uniformer models` to list them all")
+    rows = []
+    for name in names:
+        model = create_model(name)
+        size = model.pretrained_cfg["input_size"]
+        tags = [n.split(".", 1)[1] for n in list_models(name, pretrained=True)]
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        flops = f"{_gflops(model, size):.3f}" if args.flops else "-"
+        rows.append((name, f"{params:.2f}", flops, f"{size[1]}x{size[2]}", ", ".join(tags)))
+        del model
+    header = ("model", "params (M)", "GFLOPs", "input", "checkpoint tags")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    for row in [header] + rows:
+        print("  ".join(c.ljust(w) if i in (0, 3, 4) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+    if args.flops:
+        print("\nGFLOPs: fvcore multiply-adds at the default input, batch 1 (the papers' convention).")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import timm
+
+    from . import create_model, list_models
+    from .utils import count_params
+
+    model = create_model(args.model)
+    cfg = model.pretrained_cfg
+    size = cfg["input_size"] if args.input_size is None else (3, args.input_size, args.input_size)
+    print(f"{args.model}  ({type(model).__name__})")
+    print(f"  depth       {model.depth}")
+    print(f"  embed_dim   {model.embed_dim}")
+    print(f"  head_dim    {model.head_dim}  (heads per attention stage: "
+          f"{[c // model.head_dim for c in model.embed_dim[2:]]})")
+    for attr in ("conv_stem", "return_dense", "prune_ratio"):
+        if getattr(model, attr, None):
+            print(f"  {attr:<11} {getattr(model, attr)}")
+    print(f"  params      {count_params(model):,}")
+    print(f"  GFLOPs      {_gflops(model, size):.3f} at {size[1]}x{size[2]}")
+    channels = [f["num_chs"] for f in model.feature_info]
+    print(f"  features    channels {channels}, strides {[f['reduction'] for f in model.feature_info]}")
+    print("  checkpoints")
+    arch = args.model.split(".")[0]
+    for full in list_models(arch, pretrained=True):
+        pc = timm.models.get_pretrained_cfg(full)
+        source = f"{pc.hf_hub_id}/{pc.hf_hub_filename}" if pc.hf_hub_id else (pc.file or "-")
+        notes = ", ".join(pc.notes or ())
+        print(f"    {full:<34} input {pc.input_size[1]}x{pc.input_size[2]}  crop_pct {pc.crop_pct}  {notes}  {source}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------ predict
+def class_names(num_classes: int, labels_file: Optional[str], saved: Optional[Sequence[str]]) -> List[str]:
+    """Label names: ``--labels`` file, else the names saved with the model, else ImageNet-1K for 1000 classes."""
+    if labels_file:
+        path = Path(labels_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"labels file not found: {path}")
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if len(names) != num_classes:
+            raise CliError(f"labels file {path} has {len(names)} names but the model has {num_classes} classes")
+        return names
+    if saved and len(saved) == num_classes:
+        return list(saved)
+    if num_classes == 1000:
+        from timm.data import ImageNetInfo
+
+        info = ImageNetInfo()
+        return [info.index_to_description(i) for i in range(1000)]
+    return [f"class {i}" for i in range(num_classes)]
+
+
+def _head_classes(state_dict: Dict[str, torch.Tensor]) -> Optional[int]:
+    weight = state_dict.get("head.weight")
+    return int(weight.shape[0]) if weight is not None else None
+
+
+def load_model_for_inference(
+    model_name: Optional[str], checkpoint: str, num_classes: Optional[int] = None
+) -> torch.nn.Module:
+    """Build a model from a saved folder (config.json) or from ``model_name`` + an official/own weights file."""
+    from . import create_model, load_checkpoint
+    from .checkpoint import load_pretrained, read_checkpoint, read_model_config
+    from .convert import unwrap_state_dict
+
+    path = Path(checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    config = read_model_config(path)
+    if config is not None and (model_name is None or model_name.split(".")[0] == config["architecture"]):
+        overrides = {} if num_classes is None else {"num_classes": num_classes}
+        return load_pretrained(path, **overrides)
+    if model_name is None:
+        raise CliError(f"{path} has no config.json beside it: pass --model NAME")
+    raw = read_checkpoint(path)
+    if num_classes is None:
+        num_classes = _head_classes(unwrap_state_dict(raw)[0])
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    model = create_model(model_name, **kwargs)
+    load_checkpoint(model, raw)
+    return model
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from timm.data import create_transform, resolve_data_config
+
+    from .data import load_image
+
+    if args.topk < 1:
+        raise CliError(f"--topk must be at least 1, got {args.topk}")
+    model = load_model_for_inference(args.model, args.checkpoint, args.num_classes).eval()
+    if model.num_classes < 1:
+        raise CliError("the model has no classifier (num_classes=0); nothing to predict")
+    overrides = {"input_size": (3, args.input_size, args.input_size)} if args.input_size else {}
+    data_cfg = resolve_data_config(overrides, model=model)
+    transform = create_transform(**data_cfg)
+    names = class_names(model.num_classes, args.labels, model.pretrained_cfg.get("label_names"))
+    k = min(args.topk, model.num_classes)
+    for image_path in args.images:
+        x = transform(load_image(image_path)).unsqueeze(0)
+        with torch.inference_mode():
+            probs = model(x).float().softmax(dim=-1)[0]
+        top = probs.topk(k)
+        print(image_path)
+        for rank, (p, idx) in enumerate(zip(top.values.tolist(), top.indices.tolist()), 1):
+            print(f"  {rank}. {100 * p:6.2f}%  {names[idx]}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="uniformer",
+        description="UniFormer and Visual Transformer models: list, inspect, predict.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="show informational log messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("models", help="list the models with params, GFLOPs, input size and checkpoint tags")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style name filter, e.g. 'uniformer_*tl*'")
+    p.add_argument("--no-flops", dest="flops", action="store_false", help="skip the fvcore FLOP count (faster)")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("info", help="architecture, size, FLOPs, features and checkpoints of one model")
+    p.add_argument("model", help="model name, e.g. uniformer_small")
+    p.add_argument("--input-size", type=int, default=None, help="square input side for the FLOP count")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser(
+        "predict",
+        help="top-k classes for images",
+        description="Classify images with an official checkpoint (.pth/.safetensors, any official wrapper) or a "
+        "folder saved by uniformer (config.json + model.safetensors).",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
+    p.add_argument("--model", help="model name; optional when the checkpoint folder has a config.json")
+    p.add_argument("--checkpoint", required=True, help="weights file or saved model folder")
+    p.add_argument("--topk", type=int, default=5, help="number of classes to show (default 5)")
+    p.add_argument("--labels", help="text file with one class name per line (default: saved names or ImageNet-1K)")
+    p.add_argument("--num-classes", type=int, help="classifier width (default: read from the checkpoint)")
+    p.add_argument("--input-size", type=int, help="square input side (default: the model's pretrained config)")
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    try:
+        return func(args)
+    except (CliError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError) as e:
+        print(f"uniformer: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("uniformer: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    return _run(args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Shared test fixtures: the official reference data in ../shared (next to the repository)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("UNIFORMER_SHARED", REPO.parent / "shared"))
+REFERENCE = SHARED / "reference"
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.fail(f"official reference data not found at {path}; set UNIFORMER_SHARED to the shared/ folder")
+    return path
+
+
+@pytest.fixture(scope="session")
+def official_keys() -> Dict[str, Dict[str, list]]:
+    return json.loads(_require(REFERENCE / "official_keys.json").read_text())
+
+
+def load_parity(name: str) -> Dict[str, Any]:
+    """One official parity fixture (config, state dict, input, expected output)."""
+    return torch.load(_require(REFERENCE / "parity" / f"{name}.pt"), weights_only=True, map_location="cpu")
+
+
+def fake_state_dict(shapes: Dict[str, list], seed: int = 0) -> Dict[str, torch.Tensor]:
+    """A state dict with exactly the given keys and shapes (random values; BN counters as long scalars)."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        k: torch.zeros((), dtype=torch.long) if k.endswith("num_batches_tracked") else torch.rand(s, generator=g) + 0.5
+        for k, s in shapes.items()
+    }
+
+
+TINY = dict(depth=[1, 1, 2, 1], embed_dim=[16, 32, 64, 128], head_dim=16, num_classes=10)
+TINY_LIGHT = dict(
+    depth=[1, 1, 3, 2], embed_dim=[16, 32, 64, 128], head_dim=16, num_classes=10,
+    prune_ratio=[[], [], [1, 0.5, 0.5], [0.5, 0.5]], trade_off=[[], [], [1, 0.5, 0.5], [0.5, 0.5]],
+)
+# Every image architecture with a tiny configuration of its own family.
+TINY_VARIANTS = {
+    "uniformer_small": TINY,
+    "uniformer_small_plus": dict(TINY, head_dim=32),
+    "uniformer_base_ls": TINY,
+    "uniformer_small_tl": TINY,
+    "uniformer_large_ls_tl": TINY,
+    "uniformer_xxs": TINY_LIGHT,
+    "uniformer_xs": TINY_LIGHT,
+}
