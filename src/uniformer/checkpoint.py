@@ -155,6 +155,9 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the final file the usual permissions
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -221,7 +224,8 @@ def load_pretrained(path: PathLike, **overrides: Any) -> nn.Module:
         raise FileNotFoundError(f"no config.json in {path}: pass the model name and use load_checkpoint instead")
     kwargs = dict(config.get("model_args", {}), num_classes=config.get("num_classes", 1000))
     kwargs.update(overrides)
-    model = create_model(config["architecture"], **kwargs)
+    saved_cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in config.get("pretrained_cfg", {}).items()}
+    model = create_model(config["architecture"], pretrained_cfg_overlay=saved_cfg, **kwargs)
     load_checkpoint(model, path)
     labels = config.get("label_names") or config.get("pretrained_cfg", {}).get("label_names")
     if labels:

@@ -117,7 +117,9 @@ def load_model_for_inference(
     from .checkpoint import load_pretrained, read_checkpoint, read_model_config
     from .convert import unwrap_state_dict
 
-    path = Path(checkpoint)
+    from .engine.checkpointing import resolve_checkpoint_path
+
+    path = resolve_checkpoint_path(checkpoint)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     config = read_model_config(path)
@@ -161,11 +163,48 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------- train / eval / plot
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import resolve_model_name
+    from .engine.config import config_from_args, load_yaml
+    from .engine.trainer import train
+
+    base = None
+    if getattr(args, "resume", None):
+        saved = Path(args.resume) / "config.yaml"
+        if not saved.is_file():
+            raise FileNotFoundError(f"cannot resume: {saved} not found (is {args.resume} a run directory?)")
+        base = load_yaml(saved)
+    config = config_from_args(args, base)
+    resolve_model_name(config.model)
+    train(config)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .engine.trainer import evaluate_checkpoint
+
+    if args.batch_size < 1:
+        raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
+    result = evaluate_checkpoint(args.checkpoint, data=args.data, model_name=args.model, batch_size=args.batch_size,
+                                 workers=args.workers, img_size=args.img_size, split=args.split, device=args.device)
+    print(f"acc1 {result['acc1']:.2f}% ({int(result['correct1'])}/{int(result['count'])})  "
+          f"acc5 {result['acc5']:.2f}%  loss {result['loss']:.4f}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .engine.metrics import plot_run
+
+    print(plot_run(args.run_dir, args.output))
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="uniformer",
-        description="UniFormer and Visual Transformer models: list, inspect, predict.",
+        description="UniFormer and Visual Transformer models: list, inspect, train, evaluate, predict.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show informational log messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -194,14 +233,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, help="classifier width (default: read from the checkpoint)")
     p.add_argument("--input-size", type=int, help="square input side (default: the model's pretrained config)")
     p.set_defaults(func=cmd_predict)
+
+    from .engine.config import add_train_arguments
+
+    p = sub.add_parser(
+        "train",
+        help="train an image classifier on digits or an ImageFolder dataset (torchrun-ready)",
+        description="Train on 'digits' (embedded) or a folder with train/ and val/ class sub-folders. Options come "
+        "from flags and/or --config FILE.yaml (flags win). Checkpoints are written every epoch to RUN_DIR (last, "
+        "best); --resume RUN_DIR continues exactly. Scale out with: torchrun --nproc-per-node N -m uniformer.cli "
+        "train ...",
+    )
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="top-1/top-5 accuracy of a run, a saved model or an official checkpoint")
+    p.add_argument("--checkpoint", required=True, help="run directory (uses best), saved model folder, or weights file")
+    p.add_argument("--data", help="'digits' or a dataset folder (default: the run's data)")
+    p.add_argument("--model", help="model name, for weights files without config.json")
+    p.add_argument("--split", default="val", choices=("train", "val"), help="dataset split (default: val)")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
+    p.add_argument("--workers", type=int, default=2, help="data-loading workers (default: 2)")
+    p.add_argument("--img-size", type=int, help="square input side (default: the checkpoint's recorded size)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("plot", help="write a run's loss / accuracy / learning-rate curves as a PNG")
+    p.add_argument("run_dir", help="training run directory (holds metrics.csv)")
+    p.add_argument("--output", help="PNG path (default: RUN_DIR/curves.png)")
+    p.set_defaults(func=cmd_plot)
     return parser
+
+
+def one_line(error: BaseException) -> str:
+    """The user-facing line of an error; DataLoader workers re-raise with the worker's whole traceback as the
+    message, whose last line is the original error."""
+    text = str(error).strip() or type(error).__name__
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1].strip()
+        text = last.partition(": ")[2] or last
+    return " ".join(text.split())
 
 
 def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     try:
         return func(args)
-    except (CliError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError) as e:
-        print(f"uniformer: error: {e}", file=sys.stderr)
+    except (CliError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError,
+            FloatingPointError, OSError) as e:
+        print(f"uniformer: error: {one_line(e)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("uniformer: interrupted", file=sys.stderr)

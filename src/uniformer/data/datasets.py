@@ -1,0 +1,90 @@
+"""Image classification datasets: the embedded ``digits`` set and ImageFolder-style folders."""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple, Union
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .images import load_image
+
+__all__ = ["DigitsDataset", "build_image_dataset", "IMG_EXTENSIONS", "DIGITS"]
+
+DIGITS = "digits"
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+SPLITS = ("train", "val")
+
+
+@lru_cache(maxsize=1)
+def _digits_arrays() -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
+    return tuple(train_test_split(images, digits.target, test_size=0.2, random_state=0, stratify=digits.target))
+
+
+class DigitsDataset(Dataset):
+    """scikit-learn's 1,797 real 8×8 handwritten digits (ships with scikit-learn; no download), upsampled to
+    ``img_size`` and returned as RGB PIL images. A fixed stratified split: 1,437 train / 360 val images."""
+
+    classes: List[str] = [str(i) for i in range(10)]
+
+    def __init__(self, split: str = "train", img_size: int = 64, transform: Optional[Callable] = None) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        x_train, x_val, y_train, y_val = _digits_arrays()
+        self.images, self.targets = (x_train, y_train) if split == "train" else (x_val, y_val)
+        self.targets = [int(t) for t in self.targets]
+        self.img_size = img_size
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        img = Image.fromarray(self.images[index], mode="L").resize((self.img_size, self.img_size), Image.BICUBIC)
+        img = img.convert("RGB")
+        return (self.transform(img) if self.transform else img), self.targets[index]
+
+
+def _check_image_folder(root: Path) -> None:
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder not found: {root} (expected class sub-folders of images)")
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not class_dirs:
+        raise ValueError(f"data folder {root} has no class sub-folders (expected {root}/<class>/<image>)")
+    for d in class_dirs:
+        if not any(f.suffix.lower() in IMG_EXTENSIONS for f in d.rglob("*") if f.is_file()):
+            raise ValueError(f"class folder {d} contains no images (extensions {', '.join(IMG_EXTENSIONS)})")
+
+
+def build_image_dataset(
+    data: Union[str, os.PathLike], split: str, transform: Optional[Callable] = None, img_size: int = 64
+) -> Dataset:
+    """``data`` = ``"digits"`` or a folder with ``train/`` and ``val/`` class sub-folders (ImageFolder layout).
+
+    The returned dataset has ``classes`` (names, sorted for folders). Missing folders and empty class folders raise
+    errors naming the folder; unreadable images raise ``ValueError`` naming the file when they are loaded.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if str(data) == DIGITS:
+        return DigitsDataset(split, img_size=img_size, transform=transform)
+    from torchvision.datasets import ImageFolder
+
+    root = Path(data)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder not found: {root} (expected {root}/train and {root}/val, or 'digits')")
+    split_root = root / split
+    _check_image_folder(split_root)
+    return ImageFolder(str(split_root), transform=transform, loader=load_image, is_valid_file=_is_image)
+
+
+def _is_image(path: str) -> bool:
+    return path.lower().endswith(IMG_EXTENSIONS)

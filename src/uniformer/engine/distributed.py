@@ -1,0 +1,90 @@
+"""torchrun integration: process-group setup from the environment, rank helpers and metric reduction."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator, List, Sequence
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+__all__ = ["DistContext", "init_distributed", "ShardSampler", "all_reduce_sum"]
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def broadcast_buffers(self, module: torch.nn.Module) -> None:
+        """Copy rank 0's buffers (BatchNorm statistics) to every rank, so that all ranks evaluate — and rank 0
+        saves — the same model. Without SyncBN each rank's statistics drift apart during training."""
+        if self.distributed:
+            for buffer in module.buffers():
+                dist.broadcast(buffer, src=0)
+
+    def close(self) -> None:
+        if self.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _device(requested: str, local_rank: int) -> torch.device:
+    if requested == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(requested)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {requested}: CUDA is not available on this machine")
+        if device.index is None:
+            device = torch.device(f"cuda:{local_rank}")
+    return device
+
+
+def init_distributed(device: str = "auto") -> DistContext:
+    """Read torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``; start gloo (CPU) or NCCL (CUDA) when world > 1."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = _device(device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world_size)
+    return DistContext(rank, world_size, local_rank, dev)
+
+
+def all_reduce_sum(values: Sequence[float], ctx: DistContext) -> List[float]:
+    """Sum a few scalars over all ranks (float64, so counts stay exact)."""
+    t = torch.tensor(list(values), dtype=torch.float64, device=ctx.device if ctx.device.type == "cuda" else "cpu")
+    if ctx.distributed:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+class ShardSampler(Sampler[int]):
+    """Evaluation sampler: rank r takes indices r, r+W, r+2W, … — every sample exactly once over all ranks (unlike
+    ``DistributedSampler``, which pads with duplicates), so reduced metrics equal a single-process evaluation."""
+
+    def __init__(self, length: int, rank: int = 0, world_size: int = 1) -> None:
+        self.indices = list(range(rank, length, world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)

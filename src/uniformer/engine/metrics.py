@@ -1,0 +1,116 @@
+"""Per-epoch metrics: CSV (always), TensorBoard (when installed), and the curves PNG of ``uniformer plot``."""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+
+from ..checkpoint import atomic_path
+
+__all__ = ["MetricsLogger", "read_metrics", "plot_run", "accuracy_counts"]
+
+
+def accuracy_counts(logits: torch.Tensor, target: torch.Tensor, ks: Sequence[int] = (1, 5)) -> List[int]:
+    """Number of samples whose target is in the top-k logits, for each k (k capped at the class count)."""
+    maxk = min(max(ks), logits.shape[1])
+    top = logits.topk(maxk, dim=1).indices
+    hit = top.eq(target.unsqueeze(1))
+    return [int(hit[:, : min(k, maxk)].any(dim=1).sum()) for k in ks]
+
+
+def read_metrics(path: Union[str, os.PathLike]) -> List[Dict[str, float]]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics file: {path}")
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
+class MetricsLogger:
+    """Appends one row per epoch to ``metrics.csv``; on resume, rows after the resumed epoch are dropped first."""
+
+    def __init__(self, run_dir: Path, resume_epoch: Optional[int] = None) -> None:
+        self.path = run_dir / "metrics.csv"
+        if resume_epoch is not None and self.path.is_file():
+            rows = [r for r in self._rows() if int(float(r["epoch"])) <= resume_epoch]
+            self._write(rows, list(rows[0]) if rows else None)
+        self.tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        except ImportError:  # TensorBoard is optional
+            pass
+
+    def _rows(self) -> List[Dict[str, str]]:
+        with open(self.path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def _write(self, rows: List[Dict[str, str]], fields: Optional[List[str]]) -> None:
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
+            if fields:
+                writer = csv.DictWriter(f, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(rows)
+
+    def log(self, row: Dict[str, float]) -> None:
+        rows = self._rows() if self.path.is_file() and self.path.stat().st_size else []
+        fields = list(rows[0]) if rows else list(row)
+        for k in row:
+            if k not in fields:
+                fields.append(k)
+        rows.append({k: f"{v:.6g}" if isinstance(v, float) else str(v) for k, v in row.items()})
+        self._write(rows, fields)
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "epoch":
+                    self.tb.add_scalar(k, v, int(row["epoch"]))
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def plot_run(run_dir: Union[str, os.PathLike], output: Optional[Union[str, os.PathLike]] = None) -> Path:
+    """Write loss, accuracy and learning-rate curves of a run as a PNG (default ``RUN_DIR/curves.png``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory not found: {run_dir}")
+    rows = read_metrics(run_dir / "metrics.csv")
+    if not rows:
+        raise ValueError(f"{run_dir / 'metrics.csv'} has no finished epoch yet")
+    epochs = [r["epoch"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    panels = [
+        ("loss", [("train_loss", "train"), ("val_loss", "val")], False),
+        ("accuracy (%)", [("train_acc1", "train"), ("val_acc1", "val top-1"), ("val_acc5", "val top-5"),
+                          ("ema_val_acc1", "EMA val top-1")], False),
+        ("learning rate", [("lr", "lr")], True),
+    ]
+    for ax, (title, series, log) in zip(axes, panels):
+        for key, label in series:
+            if any(key in r for r in rows):
+                ax.plot(epochs, [r.get(key, float("nan")) for r in rows], marker="o", ms=3, label=label)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if log:
+            ax.set_yscale("log")
+        ax.legend()
+    best = max(rows, key=lambda r: r.get("val_acc1", float("-inf")))
+    fig.suptitle(f"{run_dir.name}: best val top-1 {best.get('val_acc1', float('nan')):.2f}% at epoch {int(best['epoch'])}")
+    fig.tight_layout()
+    out = Path(output) if output else run_dir / "curves.png"
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return out

@@ -1,0 +1,403 @@
+"""Training and evaluation loops for image classification, built on timm's components.
+
+``train(config)`` runs single-process or under ``torchrun`` (DistributedDataParallel, gloo on CPU, NCCL on CUDA);
+rank 0 logs and writes checkpoints. ``evaluate_checkpoint`` reproduces the validation numbers of a saved run.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+import random
+import sys
+import time
+from contextlib import nullcontext
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, DistributedSampler
+
+from .. import create_model, load_checkpoint
+from ..data import DIGITS, build_image_dataset
+from .checkpointing import RunDir, resolve_checkpoint_path, rng_state, set_rng_state
+from .config import TrainConfig, save_yaml
+from .distributed import DistContext, ShardSampler, all_reduce_sum, init_distributed
+from .metrics import MetricsLogger, accuracy_counts
+
+__all__ = ["train", "evaluate", "evaluate_checkpoint", "compute_loss", "build_transforms"]
+
+_logger = logging.getLogger("uniformer")
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _seed_worker(worker_id: int) -> None:
+    """NumPy and Python RNGs of a DataLoader worker follow torch's per-worker seed (timm augmentations use them)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _autocast(config: TrainConfig, device: torch.device):
+    if not config.amp:
+        return nullcontext()
+    dtype = getattr(torch, config.amp_dtype) if config.amp_dtype else (
+        torch.float16 if device.type == "cuda" else torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _soft(target: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
+    if target.ndim == 2:
+        return target
+    return F.one_hot(target, num_classes).float() * (1.0 - smoothing) + smoothing / num_classes
+
+
+def _soft_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+
+
+def compute_loss(
+    outputs: Any, target: torch.Tensor, criterion: Callable, smoothing: float = 0.0
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Loss and the logits used for accuracy, for every model family's training output.
+
+    - plain logits: ``criterion(logits, target)``;
+    - light models ``(head, head_cls)``: ``0.5·criterion(head) + 0.5·criterion(head_cls)`` (official recipe);
+    - token-labeling models ``(cls, aux, box)``: without dense token labels (they came from an NFNet-F6 teacher),
+      every token's target is its own image's label; the class target is mixed with the batch-flipped one by the
+      MixToken box area, as in the official loss, and both terms have weight 1.
+    """
+    if isinstance(outputs, tuple) and len(outputs) == 2:
+        head, head_cls = outputs
+        return 0.5 * criterion(head, target) + 0.5 * criterion(head_cls, target), head
+    if isinstance(outputs, tuple) and len(outputs) == 3:
+        cls_logits, aux, (x1, y1, x2, y2) = outputs
+        num_classes = cls_logits.shape[-1]
+        soft = _soft(target, num_classes, smoothing)
+        area = max(0, x2 // 8 - x1 // 8) * max(0, y2 // 8 - y1 // 8)
+        lam = 1.0 - area / aux.shape[1]
+        cls_target = lam * soft + (1.0 - lam) * soft.flip(0)
+        token_target = soft.unsqueeze(1).expand(-1, aux.shape[1], -1)
+        loss = _soft_ce(cls_logits, cls_target) + _soft_ce(aux.reshape(-1, num_classes), token_target.reshape(-1, num_classes))
+        return loss, cls_logits
+    return criterion(outputs, target), outputs
+
+
+def build_transforms(config: TrainConfig, model: nn.Module) -> Tuple[Callable, Callable, Dict[str, Any]]:
+    """timm train/eval transforms and the eval data config recorded with every checkpoint."""
+    from timm.data import create_transform, resolve_data_config
+
+    digits = config.data == DIGITS
+    size = config.img_size or (64 if digits else model.pretrained_cfg["input_size"][-1])
+    overrides: Dict[str, Any] = {"input_size": (3, size, size), "interpolation": config.interpolation}
+    crop_pct = config.crop_pct if config.crop_pct is not None else (1.0 if digits else None)
+    if crop_pct is not None:
+        overrides["crop_pct"] = crop_pct
+    data_config = resolve_data_config(overrides, model=model)
+    train_tf = create_transform(
+        input_size=data_config["input_size"],
+        is_training=True,
+        scale=tuple(config.scale) if config.scale else ((0.5, 1.0) if digits else (0.08, 1.0)),
+        ratio=tuple(config.ratio),
+        hflip=config.hflip if config.hflip is not None else (0.0 if digits else 0.5),
+        color_jitter=config.color_jitter,
+        auto_augment=config.aa,
+        interpolation=config.interpolation,
+        mean=data_config["mean"],
+        std=data_config["std"],
+        re_prob=config.reprob,
+    )
+    eval_tf = create_transform(**data_config)
+    return train_tf, eval_tf, data_config
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: DataLoader, ctx: DistContext, autocast=nullcontext, channels_last: bool = False
+) -> Dict[str, float]:
+    """Top-1/top-5 accuracy and cross-entropy over the loader, summed over all ranks (each sample counted once)."""
+    model.eval()
+    loss_sum = correct1 = correct5 = count = 0.0
+    for x, y in loader:
+        x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        c1, c5 = accuracy_counts(logits, y)
+        correct1, correct5, count = correct1 + c1, correct5 + c5, count + len(y)
+    loss_sum, correct1, correct5, count = all_reduce_sum([loss_sum, correct1, correct5, count], ctx)
+    if count == 0:
+        raise ValueError("the evaluation set is empty")
+    return dict(loss=loss_sum / count, acc1=100.0 * correct1 / count, acc5=100.0 * correct5 / count,
+                correct1=correct1, count=count)
+
+
+def _eval_loader(dataset, batch_size: int, workers: int, ctx: DistContext) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), ctx.rank, ctx.world_size),
+                      num_workers=workers, worker_init_fn=_seed_worker, pin_memory=ctx.device.type == "cuda")
+
+
+def evaluate_checkpoint(
+    checkpoint: str,
+    data: Optional[str] = None,
+    model_name: Optional[str] = None,
+    batch_size: int = 64,
+    workers: int = 2,
+    img_size: Optional[int] = None,
+    split: str = "val",
+    device: str = "auto",
+) -> Dict[str, float]:
+    """Evaluate a run directory, a saved model folder, or an official weights file (with ``model_name``).
+
+    The preprocessing is the one recorded in the checkpoint's ``config.json``; ``data`` defaults to the run's data.
+    """
+    from timm.data import create_transform, resolve_data_config
+
+    from ..cli import load_model_for_inference
+    from .config import load_yaml
+
+    path = resolve_checkpoint_path(checkpoint)
+    if data is None:
+        run_config = next((p / "config.yaml" for p in (Path(checkpoint), path.resolve().parent.parent)
+                           if (p / "config.yaml").is_file()), None)
+        if run_config is None:
+            raise ValueError("pass --data: the checkpoint is not inside a training run directory")
+        data = load_yaml(run_config)["data"]
+    ctx = init_distributed(device)
+    try:
+        probe = build_image_dataset(data, split, transform=None)
+        model = load_model_for_inference(model_name, str(path), num_classes=None)
+        if model.num_classes != len(probe.classes):
+            raise ValueError(f"the model has {model.num_classes} classes but {data} has {len(probe.classes)}")
+        overrides = {"input_size": (3, img_size, img_size)} if img_size else {}
+        data_config = resolve_data_config(overrides, model=model)
+        dataset = build_image_dataset(data, split, transform=create_transform(**data_config),
+                                      img_size=data_config["input_size"][-1])
+        model.to(ctx.device)
+        return evaluate(model, _eval_loader(dataset, batch_size, workers, ctx), ctx)
+    finally:
+        ctx.close()
+
+
+# -------------------------------------------------------------------------------------------------- training
+def _default_output(config: TrainConfig) -> str:
+    data = "digits" if config.data == DIGITS else Path(config.data).name
+    return str(Path("runs") / f"{config.model}-{data}-{datetime.now():%Y%m%d-%H%M%S}")
+
+
+def _progress(config: TrainConfig, ctx: DistContext, total: int, desc: str):
+    from tqdm import tqdm
+
+    enabled = ctx.is_main and (config.progress if config.progress is not None else sys.stderr.isatty())
+    return tqdm(total=total, desc=desc, unit="batch", disable=not enabled, dynamic_ncols=True, leave=False)
+
+
+def train(config: TrainConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Train ``config.model`` on ``config.data``; returns the final summary (best accuracy, run directory, …)."""
+    ctx = init_distributed(config.device)
+    try:
+        return _train(config, ctx, log if ctx.is_main else (lambda _msg: None))
+    finally:
+        ctx.close()
+
+
+def _train(config: TrainConfig, ctx: DistContext, log: Callable[[str], None]) -> Dict[str, Any]:
+    from timm.data import Mixup
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+    from timm.utils import ModelEmaV3, NativeScaler, dispatch_clip_grad
+
+    if (config.mixup > 0 or config.cutmix > 0) and config.batch_size % 2:
+        raise ValueError(f"Mixup/CutMix need an even --batch-size, got {config.batch_size}")
+    run = RunDir(config.resume or config.output or _default_output(config))
+    resume_state = run.load_training_state() if config.resume else None
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True)
+    seed_everything(config.seed)  # same initial weights on every rank
+
+    train_set = build_image_dataset(config.data, "train")
+    val_set = build_image_dataset(config.data, "val")
+    classes = list(train_set.classes)
+    if list(val_set.classes) != classes:
+        raise ValueError(f"train and val class folders differ: {classes} vs {list(val_set.classes)}")
+    model = create_model(config.model, num_classes=len(classes), drop_rate=config.drop,
+                         drop_path_rate=config.drop_path, **config.model_args)
+    train_tf, eval_tf, data_config = build_transforms(config, model)
+    size = data_config["input_size"][-1]
+    train_set = build_image_dataset(config.data, "train", transform=train_tf, img_size=size)
+    val_set = build_image_dataset(config.data, "val", transform=eval_tf, img_size=size)
+    if len(train_set) < config.batch_size * ctx.world_size:
+        raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch "
+                         f"({config.batch_size} x {ctx.world_size} processes)")
+    if config.init_checkpoint and resume_state is None:
+        load_checkpoint(model, config.init_checkpoint)
+    if config.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    model.to(ctx.device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if config.sync_bn and ctx.distributed:
+        if ctx.device.type != "cuda":
+            raise ValueError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm is GPU-only); on the CPU each "
+                             "process keeps its own BatchNorm statistics")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+    optimizer = create_optimizer_v2(model, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay,
+                                    **({"eps": config.opt_eps} if "adam" in config.opt else {"momentum": config.momentum}
+                                       if config.opt in ("sgd", "momentum") else {}))
+    sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                 seed=config.seed, drop_last=True)
+    train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
+                              worker_init_fn=_seed_worker, drop_last=True, pin_memory=ctx.device.type == "cuda",
+                              persistent_workers=False)
+    val_loader = _eval_loader(val_set, config.batch_size, config.workers, ctx)
+    scheduler, _ = create_scheduler_v2(optimizer, sched=config.sched, num_epochs=config.epochs,
+                                       warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr,
+                                       min_lr=config.min_lr, step_on_epochs=False,
+                                       updates_per_epoch=len(train_loader))
+    ema = ModelEmaV3(model, decay=config.model_ema_decay, use_warmup=config.model_ema_warmup) if config.model_ema else None
+    mixup_fn = None
+    if config.mixup > 0 or config.cutmix > 0:
+        mixup_fn = Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
+                         switch_prob=config.mixup_switch_prob, label_smoothing=config.smoothing,
+                         num_classes=len(classes))
+        criterion: nn.Module = SoftTargetCrossEntropy()
+    elif config.smoothing > 0:
+        criterion = LabelSmoothingCrossEntropy(smoothing=config.smoothing)
+    else:
+        criterion = nn.CrossEntropyLoss()
+    use_scaler = config.amp and ctx.device.type == "cuda" and (config.amp_dtype or "float16") == "float16"
+    scaler = NativeScaler(device="cuda") if use_scaler else None
+
+    start_epoch, best_acc1, best_epoch = 0, -1.0, -1
+    if resume_state is not None:
+        load_checkpoint(model, resume_state["path"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        if scaler is not None and resume_state.get("scaler"):
+            scaler.load_state_dict(resume_state["scaler"])
+        if ema is not None and resume_state.get("ema"):
+            ema.load_state_dict(resume_state["ema"])
+        start_epoch = int(resume_state["epoch"]) + 1
+        best_acc1, best_epoch = float(resume_state["best_acc1"]), int(resume_state["best_epoch"])
+        set_rng_state(resume_state["rng"])
+        log(f"resumed {run.root} after epoch {start_epoch} (best val top-1 {best_acc1:.2f}% at epoch {best_epoch + 1})")
+    else:
+        torch.manual_seed(config.seed + ctx.rank)  # augmentation streams differ between ranks
+    if ctx.is_main:
+        run.root.mkdir(parents=True, exist_ok=True)
+        save_yaml(_with_output(config, run.root), run.config_file)
+    metrics = MetricsLogger(run.root, resume_epoch=start_epoch if resume_state else None) if ctx.is_main else None
+    train_model: nn.Module = model
+    if ctx.distributed:
+        # depthwise-conv grads come back channels_last; layouts of size-1 dims are irrelevant to DDP's buckets
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    autocast = lambda: _autocast(config, ctx.device)  # noqa: E731
+    params = sum(p.numel() for p in model.parameters())
+    if start_epoch == 0:
+        log(f"training {config.model} ({params / 1e6:.2f} M params) on {config.data}: {len(train_set)} train / "
+            f"{len(val_set)} val images, {len(classes)} classes, {size}x{size}, {ctx.world_size} process(es) on "
+            f"{ctx.device}, run dir {run.root}")
+
+    num_updates = start_epoch * len(train_loader)
+    for epoch in range(start_epoch, config.epochs):
+        sampler.set_epoch(epoch)
+        train_model.train()
+        t0 = time.perf_counter()
+        loss_sum = correct = seen = 0.0
+        bar = _progress(config, ctx, len(train_loader), f"epoch {epoch + 1}/{config.epochs}")
+        try:
+            for step, (x, y) in enumerate(train_loader):
+                x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+                if config.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                hard = y
+                if mixup_fn is not None:
+                    x, y = mixup_fn(x, y)
+                with autocast():
+                    loss, logits = compute_loss(train_model(x), y, criterion, config.smoothing)
+                if not math.isfinite(loss.item()):
+                    raise FloatingPointError(
+                        f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}: stopping; the last good "
+                        f"checkpoint ({run.pointer('last') or 'none yet'}) is intact")
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler(loss, optimizer, clip_grad=config.clip_grad, clip_mode=config.clip_mode,
+                           parameters=model.parameters())
+                else:
+                    loss.backward()
+                    if config.clip_grad is not None:
+                        dispatch_clip_grad(model.parameters(), config.clip_grad, mode=config.clip_mode)
+                    optimizer.step()
+                num_updates += 1
+                scheduler.step_update(num_updates=num_updates)
+                if ema is not None:
+                    ema.update(model, step=num_updates)
+                n = len(hard)
+                loss_sum += loss.item() * n
+                correct += int((logits.argmax(dim=1) == hard).sum())
+                seen += n
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.1f}%",
+                                img_s=f"{seen * ctx.world_size / (time.perf_counter() - t0):.0f}")
+        finally:
+            bar.close()
+        train_time = time.perf_counter() - t0
+        loss_sum, correct, seen = all_reduce_sum([loss_sum, correct, seen], ctx)
+        scheduler.step(epoch + 1)
+        ctx.broadcast_buffers(model)
+        if ema is not None:
+            ctx.broadcast_buffers(ema)
+        val = evaluate(model, val_loader, ctx, autocast, config.channels_last)
+        ema_val = evaluate(ema.module, val_loader, ctx, autocast, config.channels_last) if ema is not None else None
+        is_best = val["acc1"] > best_acc1
+        if is_best:
+            best_acc1, best_epoch = val["acc1"], epoch
+        lr = optimizer.param_groups[0]["lr"]
+        row = dict(epoch=epoch + 1, train_loss=loss_sum / seen, train_acc1=100 * correct / seen, val_loss=val["loss"],
+                   val_acc1=val["acc1"], val_acc5=val["acc5"], lr=lr, epoch_time=train_time,
+                   images_per_sec=seen / train_time)
+        if ema_val is not None:
+            row["ema_val_acc1"] = ema_val["acc1"]
+        if ctx.is_main:
+            state = dict(epoch=epoch, best_acc1=best_acc1, best_epoch=best_epoch, optimizer=optimizer.state_dict(),
+                         scheduler=scheduler.state_dict(), scaler=scaler.state_dict() if scaler else None,
+                         ema=ema.state_dict() if ema is not None else None, rng=rng_state(), config=config.to_dict())
+            run.save(epoch, model, state, is_best, label_names=classes, data_config=data_config)
+            metrics.log(row)
+        ctx.barrier()
+        ema_text = f"  EMA acc1 {ema_val['acc1']:.2f}%" if ema_val is not None else ""
+        log(f"epoch {epoch + 1:>3}/{config.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc1']:.2f}%  "
+            f"val loss {val['loss']:.4f} acc1 {val['acc1']:.2f}% ({int(val['correct1'])}/{int(val['count'])}) "
+            f"acc5 {val['acc5']:.2f}%{ema_text}  lr {lr:.2e}  {row['images_per_sec']:.0f} img/s  {train_time:.1f}s"
+            + ("  *best*" if is_best else ""))
+    if metrics is not None:
+        metrics.close()
+    log(f"best val top-1 {best_acc1:.2f}% at epoch {best_epoch + 1}; checkpoints in {run.root} (best, last)")
+    return dict(best_acc1=best_acc1, best_epoch=best_epoch + 1, run_dir=str(run.root), classes=classes)
+
+
+def _with_output(config: TrainConfig, root: Path) -> TrainConfig:
+    import dataclasses
+
+    return dataclasses.replace(config, output=str(root), resume=None)
