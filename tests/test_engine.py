@@ -211,3 +211,10 @@ def test_sample_config_file_is_valid_and_matches_the_demo():
     from uniformer.demo import RECIPE
 
     assert load_yaml(REPO / "configs" / "digits_uniformer_xxs.yaml") == RECIPE
+
+
+def test_nan_loss_stops_naming_the_step(tmp_path):
+    proc = cli("train", *TINY, "--epochs", "1", "--workers", "0", "--lr", "1e30", "--warmup-epochs", "0",
+               "--output", str(tmp_path / "run"), check=False)
+    one_line_error(proc, "loss is nan at epoch 1, step", "last good checkpoint")
+    assert not (tmp_path / "run" / "last").exists()

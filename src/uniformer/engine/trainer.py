@@ -292,7 +292,11 @@ def _train(config: TrainConfig, ctx: DistContext, log: Callable[[str], None]) ->
     if resume_state is not None:
         load_checkpoint(model, resume_state["path"])
         optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
+        if resume_state["config"]["epochs"] == config.epochs:
+            scheduler.load_state_dict(resume_state["scheduler"])
+        else:  # the saved state would keep the old length; the schedule is a function of (step, options) anyway
+            log(f"learning-rate schedule recomputed for {config.epochs} epochs "
+                f"(was {resume_state['config']['epochs']})")
         if scaler is not None and resume_state.get("scaler"):
             scaler.load_state_dict(resume_state["scaler"])
         if ema is not None and resume_state.get("ema"):
