@@ -218,3 +218,13 @@ def test_nan_loss_stops_naming_the_step(tmp_path):
                "--output", str(tmp_path / "run"), check=False)
     one_line_error(proc, "loss is nan at epoch 1, step", "last good checkpoint")
     assert not (tmp_path / "run" / "last").exists()
+
+
+def test_amp_channels_last_grad_checkpointing_clipping_and_progress_bar(tmp_path):
+    proc = cli("train", *TINY, "--epochs", "1", "--workers", "0", "--amp", "--channels-last", "--grad-checkpointing",
+               "--clip-grad", "1.0", "--progress", "true", "--output", str(tmp_path / "run"))
+    assert "22/22" in proc.stderr and "img_s=" in proc.stderr and "loss=" in proc.stderr  # tqdm bar on stderr
+    correct, total = printed_best(proc.stdout)
+    assert correct / total > 0.3
+    saved = weights(tmp_path / "run")
+    assert all(v.dtype in (torch.float32, torch.int64) for v in saved.values())  # autocast leaves fp32 weights
