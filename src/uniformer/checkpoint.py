@@ -34,12 +34,14 @@ SAFE_GLOBALS = [argparse.Namespace]
 
 
 class LoadResult(NamedTuple):
-    """Outcome of :func:`load_checkpoint`: keys the model kept at init and keys the checkpoint had in excess."""
+    """Outcome of :func:`load_checkpoint`: keys the model kept at init, keys the checkpoint had in excess, heads and
+    tail keys dropped, and 2-D kernels inflated to 3-D as (key, temporal size)."""
 
     missing_keys: List[str]
     unexpected_keys: List[str]
     dropped_heads: List[str]
     dropped_tail: List[str]
+    inflated: List[Any] = []
 
 
 def read_checkpoint(path: PathLike) -> Dict[str, Any]:
@@ -128,7 +130,16 @@ def load_checkpoint(
             "checkpoint classifier has a different class count; re-initialised %s", _short(report.dropped_heads)
         )
     if report.dropped_tail:
-        _logger.info("model has no classification tail; skipped %s", _short(report.dropped_tail))
+        _logger.info("model has no such tail modules; skipped %s", _short(report.dropped_tail))
+    if report.inflated:
+        sizes: Dict[int, int] = {}
+        for _, t in report.inflated:
+            sizes[t] = sizes.get(t, 0) + 1
+        by_size = ", ".join(f"{n} with temporal size {t}" for t, n in sorted(sizes.items()))
+        _logger.info("inflated %d 2-D kernels to 3-D (repeated over time, divided by the size): %s",
+                     len(report.inflated), by_size)
+        for key, t in report.inflated:
+            _logger.debug("inflated %s over %d frames", key, t)
     result = model.load_state_dict(state_dict, strict=False)
     allowed_missing = set(report.dropped_heads)
     missing = [k for k in result.missing_keys if k not in allowed_missing]
@@ -142,7 +153,7 @@ def load_checkpoint(
         raise ValueError(f"checkpoint does not match {type(model).__name__}: " + "; ".join(parts))
     if missing or unexpected:
         _logger.warning("non-strict load: %d missing, %d unexpected keys", len(missing), len(unexpected))
-    return LoadResult(missing, unexpected, report.dropped_heads, report.dropped_tail)
+    return LoadResult(missing, unexpected, report.dropped_heads, report.dropped_tail, report.inflated)
 
 
 @contextlib.contextmanager

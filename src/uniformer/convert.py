@@ -2,18 +2,20 @@
 
 Official files wrap their weights differently (image: ``model``, token labeling: ``state_dict``, video:
 ``model_state``, dense: ``state_dict`` with a ``backbone.`` prefix). Because the module tree keeps the official names,
-conversion is unwrapping, prefix stripping and dropping the documented extras; nothing is renamed.
+conversion is unwrapping, prefix stripping and dropping the documented extras; nothing is renamed. A 2-D (image)
+checkpoint loaded into a 3-D (video) model is inflated: each 3-D kernel is the 2-D kernel repeated over its temporal
+size and divided by it (the official rule), so a temporally constant clip gives the image model's response.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
 __all__ = ["unwrap_state_dict", "convert_state_dict", "checkpoint_filter_fn", "ConversionReport", "WRAPPER_KEYS",
-           "resolve_use_ema"]
+           "resolve_use_ema", "inflate_kernel"]
 
 _logger = logging.getLogger("uniformer")
 
@@ -26,11 +28,13 @@ TAIL_PREFIXES = ("norm.", "norm_cls.") + tuple(f"{c}." for c in CLASSIFIERS)
 
 class ConversionReport(NamedTuple):
     """What :func:`convert_state_dict` changed: heads dropped for a class-count mismatch, tail keys dropped because
-    the model has no such module, and the wrapper key that was unwrapped."""
+    the model has no such module, the wrapper key that was unwrapped, and 2-D kernels inflated to 3-D (with their
+    temporal size)."""
 
     dropped_heads: List[str]
     dropped_tail: List[str]
     wrapper: Optional[str]
+    inflated: List[Tuple[str, int]]
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -75,20 +79,31 @@ def resolve_use_ema(checkpoint: Mapping[str, Any], model: nn.Module, use_ema: Op
     )
 
 
+def inflate_kernel(weight: torch.Tensor, temporal_size: int) -> torch.Tensor:
+    """(O, I, kh, kw) → (O, I, t, kh, kw): the 2-D kernel repeated ``t`` times over time, divided by ``t``."""
+    return weight.unsqueeze(2).repeat(1, 1, temporal_size, 1, 1) / temporal_size
+
+
+def _inflatable(weight: torch.Tensor, target: torch.Tensor) -> bool:
+    return weight.ndim == 4 and target.ndim == 5 and weight.shape[:2] == target.shape[:2] and weight.shape[2:] == target.shape[3:]
+
+
 def convert_state_dict(
     state_dict: Mapping[str, Any], model: nn.Module, use_ema: Optional[bool] = None
 ) -> tuple[Dict[str, torch.Tensor], ConversionReport]:
     """Convert an official (or our own) checkpoint for ``model``.
 
     Drops (a) classifier weights whose class count differs from the model's (they keep their fresh init), and
-    (b) classification-tail weights the model does not have (e.g. a backbone built with ``num_classes=0``). Everything
-    else is passed through so that a strict load reports real mismatches.
+    (b) classification-tail weights the model does not have (e.g. a backbone built with ``num_classes=0``, or a TL
+    ``aux_head`` loaded into a video model); inflates 2-D kernels whose 3-D counterpart has the same spatial shape.
+    Everything else is passed through so that a strict load reports real mismatches.
     """
     sd, wrapper = unwrap_state_dict(state_dict, use_ema=resolve_use_ema(state_dict, model, use_ema))
     target = model.state_dict()
     out: Dict[str, torch.Tensor] = {}
     dropped_heads: List[str] = []
     dropped_tail: List[str] = []
+    inflated: List[Tuple[str, int]] = []
     for k, v in sd.items():
         is_classifier = k.split(".")[0] in CLASSIFIERS
         if k not in target and k.startswith(TAIL_PREFIXES) and not any(t.startswith(k.split(".")[0] + ".") for t in target):
@@ -97,8 +112,11 @@ def convert_state_dict(
         if is_classifier and k in target and target[k].shape != v.shape:
             dropped_heads.append(k)
             continue
+        if k in target and _inflatable(v, target[k]):
+            v = inflate_kernel(v, target[k].shape[2])
+            inflated.append((k, target[k].shape[2]))
         out[k] = v
-    return out, ConversionReport(dropped_heads, dropped_tail, wrapper)
+    return out, ConversionReport(dropped_heads, dropped_tail, wrapper, inflated)
 
 
 def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:

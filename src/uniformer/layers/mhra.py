@@ -140,6 +140,9 @@ class GlobalBlock(nn.Module):
     """Global MHRA block (official ``SABlock``, stages 3–4): DPE, then pre-LN self-attention and MLP on tokens.
 
     Tokens are the map flattened in row-major order (video: t-major). Layer scale γ has shape (C,).
+    ``split=True`` (video only, official ``SplitSABlock``) divides attention into a temporal attention per spatial
+    location (``t_norm``/``t_attn``, initialised to output 0) followed by a spatial attention per frame whose skip
+    connection is the pre-temporal input.
     """
 
     def __init__(
@@ -155,9 +158,16 @@ class GlobalBlock(nn.Module):
         layer_scale: bool = False,
         init_value: float = 1e-6,
         dims: int = 2,
+        split: bool = False,
     ) -> None:
         super().__init__()
+        if split and (dims != 3 or layer_scale):
+            raise ValueError("split (divided space-time) attention needs dims=3 and no layer scale")
+        self.split = split
         self.pos_embed = dynamic_pos_embed(dims, dim)
+        if split:
+            self.t_norm = nn.LayerNorm(dim, eps=1e-6)
+            self.t_attn = Attention(dim, num_heads, qkv_bias, qk_scale, attn_drop, drop)
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads, qkv_bias, qk_scale, attn_drop, drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
@@ -172,7 +182,24 @@ class GlobalBlock(nn.Module):
         t = t + self.drop_path(apply_layer_scale(self.mlp(self.norm2(t)), self.gamma_2))
         return t
 
+    def init_split(self) -> None:
+        """Official init of the temporal branch: qkv 0, proj weight all ones, proj bias 0 (outputs 0 at init)."""
+        nn.init.zeros_(self.t_attn.qkv.weight)
+        if self.t_attn.qkv.bias is not None:
+            nn.init.zeros_(self.t_attn.qkv.bias)
+        nn.init.ones_(self.t_attn.proj.weight)
+        nn.init.zeros_(self.t_attn.proj.bias)
+
+    def _divided(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, T, H, W = x.shape
+        t = x.reshape(B, C, T, H * W).permute(0, 3, 2, 1).reshape(B * H * W, T, C)  # temporal sequences
+        t = t + self.drop_path(self.t_attn(self.t_norm(t)))
+        t = t.reshape(B, H * W, T, C).transpose(1, 2).reshape(B * T, H * W, C)  # spatial sequences
+        skip = x.reshape(B, C, T, H * W).permute(0, 2, 3, 1).reshape(B * T, H * W, C)
+        t = (skip + self.drop_path(self.attn(self.norm1(t)))).reshape(B, T * H * W, C)
+        return t + self.drop_path(self.mlp(self.norm2(t)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.pos_embed(x)
-        t = self.mix_tokens(x.flatten(2).transpose(1, 2))
+        t = self._divided(x) if self.split else self.mix_tokens(x.flatten(2).transpose(1, 2))
         return t.transpose(1, 2).reshape(x.shape)

@@ -42,6 +42,8 @@ class UniFormer(nn.Module):
     ``layer_scale`` (bool or per-stage bools) with ``init_value``, ``drop_rate`` (dropout before the head),
     ``attn_drop_rate``, ``drop_path_rate``. ``return_dense=True`` adds the token-labeling ``aux_head`` (evaluation
     output ``head + 0.5·max over tokens of aux_head``); ``mix_token=True`` enables MixToken in training.
+    Video (``dims=3``, input NCTHW): the stem halves T (kernel 3×4×4, stride 2×4×4); ``std=True`` uses 3×2×2 instead
+    of 1×2×2 downsampling kernels; ``split=True`` uses divided space-time attention in stages 3–4.
     """
 
     def __init__(
@@ -64,9 +66,16 @@ class UniFormer(nn.Module):
         return_dense: bool = False,
         mix_token: bool = False,
         dims: int = 2,
+        std: bool = False,
+        split: bool = False,
     ) -> None:
         super().__init__()
         self.dims = check_dims(dims)
+        if dims == 2 and (std or split):
+            raise ValueError("std and split are video options: they need dims=3")
+        if dims == 3 and (return_dense or mix_token):
+            raise ValueError("token labeling (return_dense, mix_token) is an image-only option")
+        self.std, self.split = std, split
         self.depth = [int(d) for d in per_stage(depth, "depth")]
         self.embed_dim = [int(c) for c in per_stage(embed_dim, "embed_dim")]
         if head_dim < 1 or any(c < head_dim for c in self.embed_dim[2:]):
@@ -98,13 +107,24 @@ class UniFormer(nn.Module):
             blocks = [self._make_block(i, j, c, dpr[block_idx + j], common, attn) for j in range(d)]
             self.add_module(f"blocks{i + 1}", nn.ModuleList(blocks))
             block_idx += d
-            self.feature_info.append(dict(num_chs=c, reduction=4 * 2**i, module=f"blocks{i + 1}"))
+            info = dict(num_chs=c, reduction=4 * 2**i, module=f"blocks{i + 1}")
+            self.feature_info.append(info if dims == 2 else dict(info, temporal_reduction=2))
             in_c = c
         self._make_tail(drop_rate)
         self.apply(self._init_weights)
+        for block in self.modules():
+            if isinstance(block, GlobalBlock) and block.split:
+                block.init_split()
 
     # ----------------------------------------------------------------------------------------------- construction
     def _make_downsample(self, stage: int, in_c: int, out_c: int) -> nn.Module:
+        if self.dims == 3:
+            if self.conv_stem:
+                raise ValueError("conv_stem is not available for the standard video models (only the light ones)")
+            if stage == 0:  # halves T: T1 = floor((T - 1) / 2) + 1
+                return PatchEmbed(in_c, out_c, (3, 4, 4), stride=(2, 4, 4), padding=(1, 0, 0), dims=3)
+            kernel = (3, 2, 2) if self.std else (1, 2, 2)
+            return PatchEmbed(in_c, out_c, kernel, stride=(1, 2, 2), padding=(1, 0, 0) if self.std else 0, dims=3)
         if self.conv_stem:
             return ConvStem(in_c, out_c, self.dims) if stage == 0 else ConvDown(in_c, out_c, self.dims)
         return PatchEmbed(in_c, out_c, 4 if stage == 0 else 2, dims=self.dims)
@@ -112,7 +132,7 @@ class UniFormer(nn.Module):
     def _make_block(self, stage: int, index: int, dim: int, drop_path: float, common: dict, attn: dict) -> nn.Module:
         if stage < 2:
             return LocalBlock(dim, drop_path=drop_path, dims=self.dims, **common)
-        return GlobalBlock(dim, drop_path=drop_path, dims=self.dims, **attn, **common)
+        return GlobalBlock(dim, drop_path=drop_path, dims=self.dims, split=self.split, **attn, **common)
 
     def _make_tail(self, drop_rate: float) -> None:
         self.norm = batch_norm_nd(self.dims)(self.num_features)
@@ -180,7 +200,7 @@ class UniFormer(nn.Module):
 
     # --------------------------------------------------------------------------------------------------- forward
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise ``ValueError`` unless ``x`` is (B, in_chans, [T,] H, W) with H and W multiples of 32."""
+        """Raise ``ValueError`` unless ``x`` is (B, in_chans, [T,] H, W) with H and W multiples of 32 (and T ≥ 1)."""
         if torch.jit.is_tracing() or torch.jit.is_scripting():
             return
         layout = "(B, C, H, W)" if self.dims == 2 else "(B, C, T, H, W)"
@@ -188,6 +208,8 @@ class UniFormer(nn.Module):
             raise ValueError(f"{type(self).__name__} expects a {self.dims + 2}-D input {layout}, got shape {tuple(x.shape)}")
         if x.shape[1] != self.in_chans:
             raise ValueError(f"expected {self.in_chans} input channels {layout}, got shape {tuple(x.shape)}")
+        if 0 in x.shape:
+            raise ValueError(f"input has an empty dimension {layout}: shape {tuple(x.shape)}")
         h, w = x.shape[-2:]
         if h % INPUT_MULTIPLE or w % INPUT_MULTIPLE:
             raise ValueError(

@@ -54,7 +54,9 @@ class UniFormerLight(UniFormer):
         super().__init__(depth=depth, embed_dim=embed_dim, head_dim=head_dim, mlp_ratio=mlp_ratio, conv_stem=True, **kwargs)
 
     def _make_downsample(self, stage: int, in_c: int, out_c: int) -> nn.Module:
-        return ConvStem(in_c, out_c, self.dims) if stage == 0 else PatchEmbed(in_c, out_c, 2, dims=self.dims)
+        if stage == 0:  # video: spatial-only first conv, then T halved by the second
+            return ConvStem(in_c, out_c, self.dims, strides=(2, 2) if self.dims == 2 else ((1, 2, 2), (2, 2, 2)))
+        return PatchEmbed(in_c, out_c, 2 if self.dims == 2 else (1, 2, 2), dims=self.dims)
 
     def _make_block(self, stage: int, index: int, dim: int, drop_path: float, common: dict, attn: dict) -> nn.Module:
         if stage < 2:
