@@ -11,7 +11,7 @@ from typing import Any, List, Optional, Union
 
 import timm
 import torch.nn as nn
-from timm.models import model_entrypoint, split_model_name_tag
+from timm.models import get_arch_pretrained_cfgs, model_entrypoint, split_model_name_tag
 
 from . import models  # noqa: F401  (registers the architectures)
 from .checkpoint import LoadResult, load_checkpoint, load_pretrained, read_checkpoint, save_pretrained
@@ -21,15 +21,23 @@ from .utils import count_flops, count_params
 __version__ = "0.1.0"
 __all__ = [
     "create_model", "list_models", "load_checkpoint", "read_checkpoint", "LoadResult", "count_params",
-    "count_flops", "UniFormer", "UniFormerLight", "resolve_model_name", "save_pretrained", "load_pretrained",
+    "count_flops", "UniFormer", "UniFormerLight", "resolve_model_name", "checkpoint_tags", "save_pretrained", "load_pretrained",
 ]
 
 
 def list_models(pattern: str = "*", pretrained: bool = False) -> List[str]:
-    """Names of the architectures this package registers (``pretrained=True``: ``name.tag`` for every checkpoint)."""
-    names = timm.list_models(pretrained=pretrained)
-    ours = [n for n in names if model_entrypoint(split_model_name_tag(n)[0]).__module__.startswith(__name__ + ".")]
-    return [n for n in ours if fnmatch.fnmatch(n, pattern) or fnmatch.fnmatch(split_model_name_tag(n)[0], pattern)]
+    """Names of the architectures this package registers; ``pretrained=True`` lists ``name.tag`` for every official
+    checkpoint (tags whose files must be obtained by hand included), default tag first."""
+    archs = [n for n in timm.list_models() if model_entrypoint(n).__module__.startswith(__name__ + ".")]
+    if not pretrained:
+        return [n for n in archs if fnmatch.fnmatch(n, pattern)]
+    names = [full for arch in archs for full in get_arch_pretrained_cfgs(arch)]
+    return [n for n in names if fnmatch.fnmatch(n, pattern) or fnmatch.fnmatch(split_model_name_tag(n)[0], pattern)]
+
+
+def checkpoint_tags(arch: str) -> List[str]:
+    """Checkpoint tags of one architecture, default first (e.g. ``['in1k_224', 'in1k_128', …]``)."""
+    return [full.split(".", 1)[1] for full in get_arch_pretrained_cfgs(arch)]
 
 
 def resolve_model_name(name: str) -> str:
@@ -40,9 +48,8 @@ def resolve_model_name(name: str) -> str:
         close = difflib.get_close_matches(arch, known, n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else "; run `uniformer models` to list them"
         raise ValueError(f"unknown model {name!r}{hint}")
-    if tag and name not in list_models(arch, pretrained=True):
-        tags = [n.split(".", 1)[1] for n in list_models(arch, pretrained=True)]
-        raise ValueError(f"unknown checkpoint tag {tag!r} for {arch}; available: {', '.join(tags)}")
+    if tag and tag not in checkpoint_tags(arch):
+        raise ValueError(f"unknown checkpoint tag {tag!r} for {arch}; available: {', '.join(checkpoint_tags(arch))}")
     return name
 
 

@@ -28,8 +28,19 @@ def _gflops(model: torch.nn.Module, size: Sequence[int]) -> float:
     return count_flops(model, (1, *size)) / 1e9
 
 
+def default_input(model: torch.nn.Module, side: Optional[int] = None) -> tuple:
+    """(C, H, W) — or (C, T, H, W) for video, T from the checkpoint tag's protocol — at the default resolution."""
+    from .models.uniformer_video import video_protocol
+
+    c, h, w = model.pretrained_cfg["input_size"]
+    h = w = side or h
+    if getattr(model, "dims", 2) == 3:
+        return (c, video_protocol(model.pretrained_cfg)["frames"], h, w)
+    return (c, h, w)
+
+
 def cmd_models(args: argparse.Namespace) -> int:
-    from . import create_model, list_models
+    from . import checkpoint_tags, create_model, list_models
 
     names = list_models(args.pattern)
     if not names:
@@ -37,18 +48,19 @@ def cmd_models(args: argparse.Namespace) -> int:
     rows = []
     for name in names:
         model = create_model(name)
-        size = model.pretrained_cfg["input_size"]
-        tags = [n.split(".", 1)[1] for n in list_models(name, pretrained=True)]
+        size = default_input(model)
+        tags = checkpoint_tags(name)
         params = sum(p.numel() for p in model.parameters()) / 1e6
         flops = f"{_gflops(model, size):.3f}" if args.flops else "-"
-        rows.append((name, f"{params:.2f}", flops, f"{size[1]}x{size[2]}", ", ".join(tags)))
+        rows.append((name, f"{params:.2f}", flops, "x".join(map(str, size[1:])), ", ".join(tags)))
         del model
     header = ("model", "params (M)", "GFLOPs", "input", "checkpoint tags")
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     for row in [header] + rows:
         print("  ".join(c.ljust(w) if i in (0, 3, 4) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip())
     if args.flops:
-        print("\nGFLOPs: fvcore multiply-adds at the default input, batch 1 (the papers' convention).")
+        print("\nGFLOPs: fvcore multiply-adds at the default input, batch 1 (the papers' convention); video: per view "
+              "(T x H x W).")
     return 0
 
 
@@ -60,7 +72,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     model = create_model(args.model)
     cfg = model.pretrained_cfg
-    size = cfg["input_size"] if args.input_size is None else (3, args.input_size, args.input_size)
+    size = default_input(model, args.input_size)
     print(f"{args.model}  ({type(model).__name__})")
     print(f"  depth       {model.depth}")
     print(f"  embed_dim   {model.embed_dim}")
@@ -70,14 +82,14 @@ def cmd_info(args: argparse.Namespace) -> int:
         if getattr(model, attr, None):
             print(f"  {attr:<11} {getattr(model, attr)}")
     print(f"  params      {count_params(model):,}")
-    print(f"  GFLOPs      {_gflops(model, size):.3f} at {size[1]}x{size[2]}")
+    print(f"  GFLOPs      {_gflops(model, size):.3f} at {'x'.join(map(str, size[1:]))}")
     channels = [f["num_chs"] for f in model.feature_info]
     print(f"  features    channels {channels}, strides {[f['reduction'] for f in model.feature_info]}")
     print("  checkpoints")
     arch = args.model.split(".")[0]
     for full in list_models(arch, pretrained=True):
         pc = timm.models.get_pretrained_cfg(full)
-        source = f"{pc.hf_hub_id}/{pc.hf_hub_filename}" if pc.hf_hub_id else (pc.file or "-")
+        source = f"{pc.hf_hub_id}/{pc.hf_hub_filename}" if pc.hf_hub_id else (pc.file or "official zoo (local file)")
         notes = ", ".join(pc.notes or ())
         print(f"    {full:<34} input {pc.input_size[1]}x{pc.input_size[2]}  crop_pct {pc.crop_pct}  {notes}  {source}")
     return 0
