@@ -56,3 +56,24 @@ TINY_VARIANTS = {
     "uniformer_xxs": TINY_LIGHT,
     "uniformer_xs": TINY_LIGHT,
 }
+
+
+def write_video(path: Path, frames: int = 16, size: tuple = (64, 64), direction: int = 1, fps: int = 10) -> Path:
+    """Encode a real MP4 (MPEG-4 part 2) with PyAV: a bright square moving left→right (direction 1) or right→left."""
+    import av
+    import numpy as np
+
+    h, w = size
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for k in range(frames):
+            img = np.full((h, w, 3), 30, dtype=np.uint8)
+            x = int((k / max(frames - 1, 1)) * (w - 16)) if direction > 0 else int((1 - k / max(frames - 1, 1)) * (w - 16))
+            img[h // 2 - 8: h // 2 + 8, x: x + 16] = 230
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

@@ -201,7 +201,8 @@ def save_pretrained(
     from timm.models._hub import save_config_for_hf
 
     directory = Path(directory)
-    model_config: Dict[str, Any] = {"pretrained_cfg": {"notes": [f"head_dim={getattr(model, 'head_dim', None)}"]}}
+    notes = [str(n) for n in (getattr(model, "pretrained_cfg", {}) or {}).get("notes") or () if not str(n).startswith("head_dim=")]
+    model_config: Dict[str, Any] = {"pretrained_cfg": {"notes": [f"head_dim={getattr(model, 'head_dim', None)}", *notes]}}
     if label_names is not None:
         model_config["label_names"] = list(label_names)
     with atomic_path(directory / "model.safetensors") as tmp:

@@ -199,9 +199,51 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
     result = evaluate_checkpoint(args.checkpoint, data=args.data, model_name=args.model, batch_size=args.batch_size,
-                                 workers=args.workers, img_size=args.img_size, split=args.split, device=args.device)
+                                 workers=args.workers, img_size=args.img_size, split=args.split, device=args.device,
+                                 views=args.views, num_frames=args.num_frames, frame_stride=args.frame_stride,
+                                 sampler=args.sampler, aggregation=args.view_aggregation, skip_bad=args.skip_bad)
     print(f"acc1 {result['acc1']:.2f}% ({int(result['correct1'])}/{int(result['count'])})  "
           f"acc5 {result['acc5']:.2f}%  loss {result['loss']:.4f}")
+    return 0
+
+
+def cmd_predict_video(args: argparse.Namespace) -> int:
+    import time
+
+    from .data.video import load_video_views
+    from .engine.config import parse_views
+    from .engine.trainer import aggregate_views
+    from .models.uniformer_video import video_protocol
+
+    if args.topk < 1:
+        raise CliError(f"--topk must be at least 1, got {args.topk}")
+    model = load_model_for_inference(args.model, args.checkpoint, args.num_classes).eval()
+    if getattr(model, "dims", 2) != 3:
+        raise CliError(f"{type(model).__name__} is an image model; predict-video needs a uniformer_video_* model")
+    cfg = model.pretrained_cfg
+    proto = video_protocol(cfg)
+    clips, crops = parse_views(args.views or proto["views"])
+    frames, stride = args.num_frames or proto["frames"], args.frame_stride or proto["stride"]
+    sampler, size = args.sampler or proto["sampler"], args.img_size or cfg["input_size"][-1]
+    names = class_names(model.num_classes, args.labels, cfg.get("label_names"))
+    k = min(args.topk, model.num_classes)
+    for video in args.videos:
+        t0 = time.perf_counter()
+        views = load_video_views(video, num_frames=frames, stride=stride, sampler=sampler, img_size=size,
+                                 num_clips=clips, num_crops=crops, mean=cfg["mean"], std=cfg["std"])
+        decode_ms = 1000 * (time.perf_counter() - t0)
+        logits, clip_ms = [], []
+        with torch.inference_mode():
+            for clip in views.split(crops):  # one clip = its spatial crops, timed separately
+                t0 = time.perf_counter()
+                logits.append(model(clip))
+                clip_ms.append(1000 * (time.perf_counter() - t0))
+        probs = aggregate_views(torch.cat(logits).unsqueeze(0), args.view_aggregation).exp()[0]
+        top = probs.topk(k)
+        print(f"{video}  ({clips} clip(s) x {crops} crop(s) of {frames} frames, {sampler} sampling, stride {stride}; "
+              f"decode {decode_ms:.0f} ms, {sum(clip_ms) / len(clip_ms):.0f} ms per clip)")
+        for rank, (p, idx) in enumerate(zip(top.values.tolist(), top.indices.tolist()), 1):
+            print(f"  {rank}. {100 * p:6.2f}%  {names[idx]}")
     return 0
 
 
@@ -268,7 +310,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="data-loading workers (default: 2)")
     p.add_argument("--img-size", type=int, help="square input side (default: the checkpoint's recorded size)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    _video_arguments(p)
+    p.add_argument("--skip-bad", action="store_true", help="video: skip unreadable or too-short videos with a warning")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "predict-video",
+        help="top-k classes for video files (multi-view), with per-clip timing",
+        description="Classify videos with a video checkpoint: an official one (--model NAME.TAG gives the protocol "
+        "and Kinetics-400 names, e.g. uniformer_video_small.k400_16x4) or a uniformer run / saved folder.",
+    )
+    p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (any format PyAV/FFmpeg decodes)")
+    p.add_argument("--model", help="model name, optionally with its checkpoint tag; optional for saved folders")
+    p.add_argument("--checkpoint", required=True, help="weights file, saved model folder or run directory")
+    p.add_argument("--topk", type=int, default=5, help="number of classes to show (default 5)")
+    p.add_argument("--labels", help="text file with one class name per line")
+    p.add_argument("--num-classes", type=int, help="classifier width (default: read from the checkpoint)")
+    p.add_argument("--img-size", type=int, help="crop side (default: the checkpoint's)")
+    _video_arguments(p)
+    p.set_defaults(func=cmd_predict_video)
 
     p = sub.add_parser("plot", help="write a run's loss / accuracy / learning-rate curves as a PNG")
     p.add_argument("run_dir", help="training run directory (holds metrics.csv)")
@@ -285,6 +345,15 @@ def one_line(error: BaseException) -> str:
         last = [line for line in text.splitlines() if line.strip()][-1].strip()
         text = last.partition(": ")[2] or last
     return " ".join(text.split())
+
+
+def _video_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--views", help="video: CLIPSxCROPS, e.g. 4x1 or 1x3 (default: the checkpoint's protocol)")
+    p.add_argument("--num-frames", type=int, help="video: frames per clip (default: the checkpoint's protocol)")
+    p.add_argument("--frame-stride", type=int, help="video: dense-sampling frame step (default: the protocol)")
+    p.add_argument("--sampler", choices=("dense", "segment"), help="video: frame sampler (default: the protocol)")
+    p.add_argument("--view-aggregation", choices=("prob", "logits"), default="prob",
+                   help="video: average softmax probabilities (default) or sum raw logits (official protocol)")
 
 
 def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-__all__ = ["TrainConfig", "add_train_arguments", "config_from_args", "load_yaml", "save_yaml"]
+__all__ = ["TrainConfig", "add_train_arguments", "config_from_args", "load_yaml", "save_yaml", "parse_views"]
 
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:
@@ -26,7 +26,10 @@ class TrainConfig:
     """Every option of ``uniformer train`` (names are the flags with ``-`` → ``_``)."""
 
     # data and model
-    data: str = option("digits", "'digits' (embedded scikit-learn digits) or a folder with train/ and val/ class folders")
+    data: str = option("digits", "'digits' (embedded scikit-learn digits) or a folder with train/ and val/ class "
+                                 "folders; video: a folder with train.txt/val.txt list files or train/ and val/ "
+                                 "class folders of videos")
+    task: Optional[str] = option(None, "image or video (default: from the model)", choices=("image", "video"))
     model: str = option("uniformer_xxs", "model name (see `uniformer models`)")
     model_args: Dict[str, Any] = option({}, "architecture overrides as JSON, e.g. '{\"depth\": [1, 1, 3, 2]}'")
     init_checkpoint: Optional[str] = option(None, "weights to start from (official or ours); heads are re-initialised "
@@ -67,6 +70,16 @@ class TrainConfig:
     crop_pct: Optional[float] = option(None, "eval centre-crop fraction (default: 1.0 for digits, the model's "
                                           "pretrained value otherwise)")
     interpolation: str = option("bicubic", "resize interpolation")
+    # video
+    num_frames: Optional[int] = option(None, "video: frames per clip (default: the model tag's protocol, e.g. 16)")
+    frame_stride: Optional[int] = option(None, "video: frame step of dense sampling (default: the tag's protocol)")
+    sampler: Optional[str] = option(None, "video: dense (Kinetics) or segment (TSN, Something-Something) sampling "
+                                          "(default: the tag's protocol)", choices=("dense", "segment"))
+    views: str = option("1x1", "video: validation views as CLIPSxCROPS, e.g. 4x1 or 1x3 (crops 1 or 3)")
+    view_aggregation: str = option("prob", "video: combine views by averaging softmax probabilities (prob) or by "
+                                           "summing raw logits (logits, the official protocol)",
+                                   choices=("prob", "logits"))
+    skip_bad: bool = option(False, "video: skip unreadable or too-short videos with a warning instead of stopping")
     # engineering
     model_ema: bool = option(False, "keep an exponential moving average of the weights (timm ModelEmaV3)")
     model_ema_decay: float = option(0.9998, "EMA decay")
@@ -187,6 +200,14 @@ def config_from_args(args: argparse.Namespace, base: Optional[Dict[str, Any]] = 
     return config
 
 
+def parse_views(views: str) -> tuple[int, int]:
+    """'4x3' → (4 clips, 3 crops); crops must be 1 or 3."""
+    clips, sep, crops = str(views).lower().partition("x")
+    if not (sep and clips.isdigit() and crops.isdigit()) or int(clips) < 1 or int(crops) not in (1, 3):
+        raise ValueError(f"views must look like CLIPSxCROPS with crops 1 or 3 (e.g. 4x1, 1x3), got {views!r}")
+    return int(clips), int(crops)
+
+
 def validate(config: TrainConfig) -> None:
     """Reject option values that cannot work, naming the option."""
     checks = [
@@ -200,7 +221,11 @@ def validate(config: TrainConfig) -> None:
         (0.0 <= config.drop_path < 1.0, f"--drop-path must be in [0, 1), got {config.drop_path}"),
         (config.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {config.warmup_epochs}"),
         (config.crop_pct is None or 0.0 < config.crop_pct <= 1.0, f"--crop-pct must be in (0, 1], got {config.crop_pct}"),
+        (config.num_frames is None or config.num_frames >= 1, f"--num-frames must be at least 1, got {config.num_frames}"),
+        (config.frame_stride is None or config.frame_stride >= 1,
+         f"--frame-stride must be at least 1, got {config.frame_stride}"),
     ]
+    parse_views(config.views)
     for ok, message in checks:
         if not ok:
             raise ValueError(message)

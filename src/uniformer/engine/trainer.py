@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from .. import create_model, load_checkpoint
 from ..data import DIGITS, build_image_dataset
 from .checkpointing import RunDir, resolve_checkpoint_path, rng_state, set_rng_state
-from .config import TrainConfig, save_yaml
+from .config import TrainConfig, parse_views, save_yaml
 from .distributed import DistContext, ShardSampler, all_reduce_sum, init_distributed
 from .metrics import MetricsLogger, accuracy_counts
 
@@ -97,6 +97,52 @@ def compute_loss(
     return criterion(outputs, target), outputs
 
 
+def probe_task(config: TrainConfig) -> str:
+    """'image' or 'video' — ``--task`` if given (checked against the model), else from the model's dimensionality."""
+    with torch.device("meta"):  # builds no weights
+        dims = getattr(create_model(config.model, num_classes=0, **config.model_args), "dims", 2)
+    task = config.task or ("video" if dims == 3 else "image")
+    if (task == "video") != (dims == 3):
+        raise ValueError(f"--task {task} does not fit {config.model} (a {'video' if dims == 3 else 'image'} model)")
+    if task == "video" and config.data == DIGITS:
+        raise ValueError("digits is an image dataset; video models need --data with videos")
+    if task == "video" and config.aa:
+        raise ValueError("--aa (RandAugment) is for images; video training uses random-resized crops and flips")
+    return task
+
+
+def _datasets(config: TrainConfig, task: str, split: str, **kwargs: Any):
+    if task == "video":
+        from ..data.video import VideoDataset
+
+        return VideoDataset(config.data, split, skip_bad=config.skip_bad, **kwargs)
+    return build_image_dataset(config.data, split, **kwargs)
+
+
+def build_video_datasets(config: TrainConfig, model: nn.Module):
+    """Video train/val datasets following the model tag's protocol unless overridden; records the protocol in
+    ``model.pretrained_cfg`` so that saved checkpoints evaluate the same way."""
+    from ..models.uniformer_video import video_protocol
+
+    proto = video_protocol(model.pretrained_cfg)
+    frames = config.num_frames or proto["frames"]
+    stride = config.frame_stride or proto["stride"]
+    sampler = config.sampler or proto["sampler"]
+    size = config.img_size or model.pretrained_cfg["input_size"][-1]
+    clips, crops = parse_views(config.views)
+    mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
+    common = dict(num_frames=frames, stride=stride, sampler=sampler, img_size=size, mean=mean, std=std)
+    train_set = _datasets(config, "video", "train", train=True, hflip=0.5 if config.hflip is None else config.hflip,
+                          scale=tuple(config.scale or (0.08, 1.0)), ratio=tuple(config.ratio), **common)
+    val_set = _datasets(config, "video", "val", train=False, num_clips=clips, num_crops=crops, **common)
+    model.pretrained_cfg = dict(
+        model.pretrained_cfg, input_size=(3, size, size), label_names=None,
+        notes=(f"head_dim={model.head_dim}", f"frames={frames}", f"stride={stride}", f"sampler={sampler}",
+               f"views={config.views}"),
+    )
+    return train_set, val_set, f"{frames}x{size}x{size}"
+
+
 def build_transforms(config: TrainConfig, model: nn.Module) -> Tuple[Callable, Callable, Dict[str, Any]]:
     """timm train/eval transforms and the eval data config recorded with every checkpoint."""
     from timm.data import create_transform, resolve_data_config
@@ -126,20 +172,39 @@ def build_transforms(config: TrainConfig, model: nn.Module) -> Tuple[Callable, C
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
+def aggregate_views(logits: torch.Tensor, mode: str = "prob") -> torch.Tensor:
+    """(B, V, K) per-view logits → (B, K) log-probabilities: mean of softmax probabilities (``prob``) or softmax of
+    the summed raw logits (``logits``, the official UniFormer video protocol)."""
+    if mode == "prob":
+        return logits.float().softmax(dim=-1).mean(dim=1).clamp_min(1e-12).log()
+    if mode == "logits":
+        return logits.float().sum(dim=1).log_softmax(dim=-1)
+    raise ValueError(f"view aggregation must be 'prob' or 'logits', got {mode!r}")
+
+
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: DataLoader, ctx: DistContext, autocast=nullcontext, channels_last: bool = False
+    model: nn.Module, loader: DataLoader, ctx: DistContext, autocast=nullcontext, channels_last: bool = False,
+    aggregation: str = "prob",
 ) -> Dict[str, float]:
-    """Top-1/top-5 accuracy and cross-entropy over the loader, summed over all ranks (each sample counted once)."""
+    """Top-1/top-5 accuracy and cross-entropy over the loader, summed over all ranks (each sample counted once).
+
+    Video batches with several views per sample (B, V, C, T, H, W) are scored on the aggregated views.
+    """
     model.eval()
     loss_sum = correct1 = correct5 = count = 0.0
     for x, y in loader:
         x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+        views = x.shape[1] if x.ndim == 6 else 0
+        if views:
+            x = x.flatten(0, 1)
         if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
         with autocast():
             logits = model(x)
         logits = logits.float()
+        if views:
+            logits = aggregate_views(logits.reshape(len(y), views, -1), aggregation)
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         c1, c5 = accuracy_counts(logits, y)
         correct1, correct5, count = correct1 + c1, correct5 + c5, count + len(y)
@@ -164,14 +229,22 @@ def evaluate_checkpoint(
     img_size: Optional[int] = None,
     split: str = "val",
     device: str = "auto",
+    views: Optional[str] = None,
+    num_frames: Optional[int] = None,
+    frame_stride: Optional[int] = None,
+    sampler: Optional[str] = None,
+    aggregation: str = "prob",
+    skip_bad: bool = False,
 ) -> Dict[str, float]:
     """Evaluate a run directory, a saved model folder, or an official weights file (with ``model_name``).
 
-    The preprocessing is the one recorded in the checkpoint's ``config.json``; ``data`` defaults to the run's data.
+    The preprocessing (and for video the frames, stride, sampler and views) is the one recorded with the checkpoint
+    unless overridden; ``data`` defaults to the run's data.
     """
     from timm.data import create_transform, resolve_data_config
 
     from ..cli import load_model_for_inference
+    from ..models.uniformer_video import video_protocol
     from .config import load_yaml
 
     path = resolve_checkpoint_path(checkpoint)
@@ -183,16 +256,25 @@ def evaluate_checkpoint(
         data = load_yaml(run_config)["data"]
     ctx = init_distributed(device)
     try:
-        probe = build_image_dataset(data, split, transform=None)
         model = load_model_for_inference(model_name, str(path), num_classes=None)
-        if model.num_classes != len(probe.classes):
-            raise ValueError(f"the model has {model.num_classes} classes but {data} has {len(probe.classes)}")
-        overrides = {"input_size": (3, img_size, img_size)} if img_size else {}
-        data_config = resolve_data_config(overrides, model=model)
-        dataset = build_image_dataset(data, split, transform=create_transform(**data_config),
-                                      img_size=data_config["input_size"][-1])
+        cfg = model.pretrained_cfg
+        size = img_size or cfg["input_size"][-1]
+        if getattr(model, "dims", 2) == 3:
+            from ..data.video import VideoDataset
+
+            proto = video_protocol(cfg)
+            clips, crops = parse_views(views or proto["views"])
+            dataset = VideoDataset(data, split, train=False, num_frames=num_frames or proto["frames"],
+                                   stride=frame_stride or proto["stride"], sampler=sampler or proto["sampler"],
+                                   img_size=size, num_clips=clips, num_crops=crops, mean=cfg["mean"], std=cfg["std"],
+                                   skip_bad=skip_bad)
+        else:
+            data_config = resolve_data_config({"input_size": (3, size, size)} if img_size else {}, model=model)
+            dataset = build_image_dataset(data, split, transform=create_transform(**data_config), img_size=size)
+        if model.num_classes != len(dataset.classes):
+            raise ValueError(f"the model has {model.num_classes} classes but {data} has {len(dataset.classes)}")
         model.to(ctx.device)
-        return evaluate(model, _eval_loader(dataset, batch_size, workers, ctx), ctx)
+        return evaluate(model, _eval_loader(dataset, batch_size, workers, ctx), ctx, aggregation=aggregation)
     finally:
         ctx.close()
 
@@ -234,27 +316,33 @@ def _train(config: TrainConfig, ctx: DistContext, log: Callable[[str], None]) ->
         torch.use_deterministic_algorithms(True)
     seed_everything(config.seed)  # same initial weights on every rank
 
-    train_set = build_image_dataset(config.data, "train")
-    val_set = build_image_dataset(config.data, "val")
-    classes = list(train_set.classes)
-    if list(val_set.classes) != classes:
-        raise ValueError(f"train and val class folders differ: {classes} vs {list(val_set.classes)}")
+    task = probe_task(config)
+    train_probe, val_probe = _datasets(config, task, "train"), _datasets(config, task, "val")
+    classes = list(train_probe.classes)
+    if list(val_probe.classes) != classes:
+        raise ValueError(f"train and val classes differ: {classes} vs {list(val_probe.classes)}")
     model = create_model(config.model, num_classes=len(classes), drop_rate=config.drop,
                          drop_path_rate=config.drop_path, **config.model_args)
-    train_tf, eval_tf, data_config = build_transforms(config, model)
-    size = data_config["input_size"][-1]
-    train_set = build_image_dataset(config.data, "train", transform=train_tf, img_size=size)
-    val_set = build_image_dataset(config.data, "val", transform=eval_tf, img_size=size)
+    data_config: Optional[Dict[str, Any]] = None
+    if task == "video":
+        train_set, val_set, shape = build_video_datasets(config, model)
+    else:
+        train_tf, eval_tf, data_config = build_transforms(config, model)
+        size = data_config["input_size"][-1]
+        shape = f"{size}x{size}"
+        train_set = build_image_dataset(config.data, "train", transform=train_tf, img_size=size)
+        val_set = build_image_dataset(config.data, "val", transform=eval_tf, img_size=size)
     if len(train_set) < config.batch_size * ctx.world_size:
-        raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch "
+        raise ValueError(f"the training set has {len(train_set)} samples, fewer than one batch "
                          f"({config.batch_size} x {ctx.world_size} processes)")
     if config.init_checkpoint and resume_state is None:
         load_checkpoint(model, config.init_checkpoint)
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(ctx.device)
+    memory_format = torch.channels_last_3d if task == "video" else torch.channels_last
     if config.channels_last:
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=memory_format)
     if config.sync_bn and ctx.distributed:
         if ctx.device.type != "cuda":
             raise ValueError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm is GPU-only); on the CPU each "
@@ -319,8 +407,9 @@ def _train(config: TrainConfig, ctx: DistContext, log: Callable[[str], None]) ->
     autocast = lambda: _autocast(config, ctx.device)  # noqa: E731
     params = sum(p.numel() for p in model.parameters())
     if start_epoch == 0:
+        unit = "videos" if task == "video" else "images"
         log(f"training {config.model} ({params / 1e6:.2f} M params) on {config.data}: {len(train_set)} train / "
-            f"{len(val_set)} val images, {len(classes)} classes, {size}x{size}, {ctx.world_size} process(es) on "
+            f"{len(val_set)} val {unit}, {len(classes)} classes, {shape}, {ctx.world_size} process(es) on "
             f"{ctx.device}, run dir {run.root}")
 
     num_updates = start_epoch * len(train_loader)
@@ -334,10 +423,12 @@ def _train(config: TrainConfig, ctx: DistContext, log: Callable[[str], None]) ->
             for step, (x, y) in enumerate(train_loader):
                 x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
                 if config.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                    x = x.contiguous(memory_format=memory_format)
                 hard = y
-                if mixup_fn is not None:
-                    x, y = mixup_fn(x, y)
+                if mixup_fn is not None:  # clips are mixed as (B, C·T, H, W) so CutMix boxes cut H and W
+                    shape = x.shape
+                    x, y = mixup_fn(x.flatten(1, 2) if x.ndim == 5 else x, y)
+                    x = x.reshape(shape)
                 with autocast():
                     loss, logits = compute_loss(train_model(x), y, criterion, config.smoothing)
                 if not math.isfinite(loss.item()):
@@ -372,8 +463,9 @@ def _train(config: TrainConfig, ctx: DistContext, log: Callable[[str], None]) ->
         ctx.broadcast_buffers(model)
         if ema is not None:
             ctx.broadcast_buffers(ema)
-        val = evaluate(model, val_loader, ctx, autocast, config.channels_last)
-        ema_val = evaluate(ema.module, val_loader, ctx, autocast, config.channels_last) if ema is not None else None
+        val = evaluate(model, val_loader, ctx, autocast, config.channels_last, config.view_aggregation)
+        ema_val = (evaluate(ema.module, val_loader, ctx, autocast, config.channels_last, config.view_aggregation)
+                   if ema is not None else None)
         is_best = val["acc1"] > best_acc1
         if is_best:
             best_acc1, best_epoch = val["acc1"], epoch

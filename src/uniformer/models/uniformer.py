@@ -93,7 +93,7 @@ class UniFormer(nn.Module):
         self.grad_checkpointing = False
         mlp_ratios = per_stage(mlp_ratio, "mlp_ratio")
         layer_scales = per_stage(layer_scale, "layer_scale")
-        dpr = torch.linspace(0, drop_path_rate, sum(self.depth)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(self.depth), device="cpu").tolist()  # also under torch.device("meta")
 
         in_c = in_chans
         block_idx = 0

@@ -1,0 +1,24 @@
+"""Regenerate docs/cli.md from the argparse help texts: .venv/bin/python tools/gen_cli_docs.py"""
+import subprocess, sys
+cmds = ["", "models", "info", "predict", "predict-video", "train", "eval", "plot"]
+out = ["# Command-line reference", "",
+       "Every command prints one line `uniformer: error: …` and exits with status 1 on bad input (unknown model — "
+       "with close-name suggestions —, missing or unreadable files, mismatched checkpoints, bad option values); "
+       "argparse usage errors exit with status 2. See also [training.md](training.md) and [weights.md](weights.md).", ""]
+for cmd in cmds:
+    args = [sys.executable, "-m", "uniformer.cli"] + ([cmd] if cmd else []) + ["--help"]
+    text = subprocess.run(args, capture_output=True, text=True, env={"COLUMNS": "110", "PATH": "/usr/bin"}).stdout
+    title = f"uniformer {cmd}".strip()
+    out += [f"## `{title}`", "", "```", text.rstrip(), "```", ""]
+out += ["## Examples", "", "```",
+        "$ uniformer models 'uniformer_xx*'",
+        "model          params (M)  GFLOPs  input    checkpoint tags",
+        "uniformer_xxs       10.22   1.306  224x224  in1k_224, in1k_128, in1k_160, in1k_192", "",
+        "$ uniformer predict --model uniformer_small --checkpoint uniformer_small_in1k.pth cat.jpg dog.png",
+        "$ uniformer train --config configs/digits_uniformer_xxs.yaml --output runs/digits",
+        "$ uniformer eval --checkpoint runs/digits",
+        "$ uniformer plot runs/digits",
+        "$ uniformer predict --checkpoint runs/digits photo.png",
+        "$ uniformer predict-video --model uniformer_video_small.k400_16x4 --checkpoint uniformer_small_k400_16x4.pth clip.mp4",
+        "```", ""]
+open("docs/cli.md", "w").write("\n".join(out))
