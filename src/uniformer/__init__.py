@@ -66,7 +66,12 @@ def create_model(
     Example: ``create_model("uniformer_small", depth=[1, 1, 2, 1], embed_dim=[16, 32, 64, 128], head_dim=16,
     num_classes=10)``.
     """
-    model = timm.create_model(resolve_model_name(model_name), pretrained=pretrained, **kwargs)
+    try:
+        model = timm.create_model(resolve_model_name(model_name), pretrained=pretrained, **kwargs)
+    except TypeError as e:  # an unknown keyword: name it without a traceback through timm's factory
+        if "unexpected keyword argument" not in str(e):
+            raise
+        raise ValueError(f"{model_name}: {str(e).split('.', 1)[-1].replace('__init__()', '').strip()}") from None
     if checkpoint_path is not None:
         load_checkpoint(model, checkpoint_path)
     return model

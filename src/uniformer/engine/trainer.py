@@ -171,6 +171,21 @@ def build_transforms(config: TrainConfig, model: nn.Module) -> Tuple[Callable, C
     return train_tf, eval_tf, data_config
 
 
+def init_weights(model: nn.Module, path: str, log: Callable[[str], None] = print) -> None:
+    """Start from a checkpoint: ours or official (``load_checkpoint``, heads re-initialised on a class-count change,
+    image weights inflated for video models), or a torchvision ResNet for a VT-ResNet trunk."""
+    from ..checkpoint import read_checkpoint
+    from ..convert import unwrap_state_dict
+    from ..models.vt_resnet import VTResNet, is_torchvision_resnet, load_torchvision_trunk
+
+    raw = read_checkpoint(path)
+    if isinstance(model, VTResNet) and is_torchvision_resnet(unwrap_state_dict(raw)[0]):
+        result = load_torchvision_trunk(model, raw)
+        log(f"initialised the ResNet trunk from {path} ({len(result.loaded)} tensors; skipped layer4/fc)")
+        return
+    load_checkpoint(model, raw)
+
+
 # ------------------------------------------------------------------------------------------------ evaluation
 def aggregate_views(logits: torch.Tensor, mode: str = "prob") -> torch.Tensor:
     """(B, V, K) per-view logits → (B, K) log-probabilities: mean of softmax probabilities (``prob``) or softmax of
@@ -336,7 +351,7 @@ def _train(config: TrainConfig, ctx: DistContext, log: Callable[[str], None]) ->
         raise ValueError(f"the training set has {len(train_set)} samples, fewer than one batch "
                          f"({config.batch_size} x {ctx.world_size} processes)")
     if config.init_checkpoint and resume_state is None:
-        load_checkpoint(model, config.init_checkpoint)
+        init_weights(model, config.init_checkpoint, log)
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(ctx.device)
