@@ -25,7 +25,7 @@ def test_timm_create_model_after_import():
 
 
 def test_every_registered_architecture_has_a_tag_and_head_dim_note():
-    for name in uniformer.list_models(pretrained=True):
+    for name in uniformer.list_models("uniformer_*", pretrained=True):
         cfg = timm.models.get_pretrained_cfg(name)
         assert any(n.startswith("head_dim=") for n in cfg.notes), name
         arch_head_dim = timm.create_model(name.split(".")[0], depth=[1, 1, 2, 2]).head_dim
@@ -76,7 +76,7 @@ def test_forward_intermediates_and_pruning(name):
         assert kept == [2, 3]
 
 
-IMAGE_MODELS = [n for n in uniformer.list_models() if "video" not in n]
+IMAGE_MODELS = [n for n in uniformer.list_models("uniformer_*") if "_video_" not in n]
 
 
 @pytest.mark.parametrize("name", IMAGE_MODELS)

@@ -168,3 +168,21 @@ def test_short_training_on_digits_learns(tmp_path):
 
     best = max(float(v) for v in re.findall(r"val loss [\d.]+ acc1 ([\d.]+)%", proc.stdout))
     assert best > 50.0  # chance is 10 %
+
+
+def test_visualize_tokens_cli_writes_a_png(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    image = tmp_path / "img.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(image)
+    model = uniformer.create_model("vt_resnet18", num_classes=3, **SMALL)
+    uniformer.save_pretrained(model, tmp_path / "vt")
+    proc = subprocess.run([sys.executable, "-m", "uniformer.cli", "visualize-tokens", str(image), "--checkpoint",
+                           str(tmp_path / "vt"), "--size", "64", "--output", str(tmp_path / "t.png")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = subprocess.run([sys.executable, "-m", "uniformer.cli", "visualize-tokens", str(image), "--model",
+                          "uniformer_xxs"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "is not a VT-ResNet" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

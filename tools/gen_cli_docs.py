@@ -1,6 +1,10 @@
 """Regenerate docs/cli.md from the argparse help texts: .venv/bin/python tools/gen_cli_docs.py"""
 import subprocess, sys
-cmds = ["", "models", "info", "predict", "predict-video", "train", "eval", "plot"]
+sys.path.insert(0, "src")
+from uniformer.cli import build_parser  # noqa: E402
+
+sub = next(a for a in build_parser()._actions if a.dest == "command")
+cmds = [""] + list(sub.choices)
 out = ["# Command-line reference", "",
        "Every command prints one line `uniformer: error: …` and exits with status 1 on bad input (unknown model — "
        "with close-name suggestions —, missing or unreadable files, mismatched checkpoints, bad option values); "

@@ -247,6 +247,19 @@ def cmd_predict_video(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_visualize_tokens(args: argparse.Namespace) -> int:
+    from . import create_model
+    from .visualize import save_token_attention_grid
+
+    if args.checkpoint:
+        model = load_model_for_inference(args.model, args.checkpoint)
+    else:
+        model = create_model(args.model)
+    output = Path(args.output) if args.output else Path(args.image).with_name(Path(args.image).stem + "_tokens.png")
+    print(save_token_attention_grid(model.eval(), args.image, output, size=args.size, columns=args.columns))
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from .engine.metrics import plot_run
 
@@ -329,6 +342,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--img-size", type=int, help="crop side (default: the checkpoint's)")
     _video_arguments(p)
     p.set_defaults(func=cmd_predict_video)
+
+    p = sub.add_parser(
+        "visualize-tokens",
+        help="PNG grid of what each Visual Transformer token attends to in an image",
+        description="Overlay the first (filter) tokenizer's attention maps of a VT-ResNet on an image, one panel per "
+        "token, as in the paper's figure.",
+    )
+    p.add_argument("image", help="image file")
+    p.add_argument("--model", default="vt_resnet18", help="VT model name (default: vt_resnet18)")
+    p.add_argument("--checkpoint", help="weights file, saved model folder or run directory (default: random init)")
+    p.add_argument("--output", help="PNG path (default: IMAGE_tokens.png next to the image)")
+    p.add_argument("--size", type=int, default=224, help="input side (default: 224)")
+    p.add_argument("--columns", type=int, default=4, help="panels per row (default: 4)")
+    p.set_defaults(func=cmd_visualize_tokens)
 
     p = sub.add_parser("plot", help="write a run's loss / accuracy / learning-rate curves as a PNG")
     p.add_argument("run_dir", help="training run directory (holds metrics.csv)")
