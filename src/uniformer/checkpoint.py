@@ -142,6 +142,13 @@ def load_checkpoint(
             _logger.debug("inflated %s over %d frames", key, t)
     result = model.load_state_dict(state_dict, strict=False)
     allowed_missing = set(report.dropped_heads)
+    init_only = tuple(getattr(model, "init_only_prefixes", ()))
+    if init_only and not any(k.startswith(init_only) for k in state_dict):
+        # e.g. the dense backbones' norm1..4, absent from ImageNet checkpoints: they keep their init (documented)
+        kept = [k for k in result.missing_keys if k.startswith(init_only)]
+        allowed_missing.update(kept)
+        if kept:
+            _logger.info("checkpoint has no %s keys; they keep their initial values", "/".join(init_only))
     missing = [k for k in result.missing_keys if k not in allowed_missing]
     unexpected = list(result.unexpected_keys)
     if strict and (missing or unexpected):

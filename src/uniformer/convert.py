@@ -45,7 +45,8 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any], use_ema: bool = False) -> t
     """Return the tensor state dict inside an official or timm container, and the key it came from.
 
     ``use_ema=True`` prefers the EMA weights (``model_ema``/``state_dict_ema``) and fails if there are none.
-    ``module.`` and ``backbone.`` prefixes are stripped.
+    ``module.`` and ``backbone.`` prefixes are stripped; when ``backbone.`` keys are present (dense-task checkpoints)
+    the neck and head keys beside them are skipped.
     """
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f"expected a checkpoint dict, got {type(checkpoint).__name__}")
@@ -60,6 +61,13 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any], use_ema: bool = False) -> t
             f"no state dict of tensors found: expected tensors at the top level or under one of "
             f"{', '.join(WRAPPER_KEYS)}; found keys {found}"
         )
+    if any(k.startswith(("backbone.", "module.backbone.")) for k in sd):
+        # a detection / segmentation / pose checkpoint: keep the backbone, drop the neck and heads (documented)
+        others = [k for k in sd if not k.startswith(("backbone.", "module.backbone."))]
+        if others:
+            _logger.info("kept the backbone of a dense checkpoint; skipped %d neck/head keys (e.g. %s)",
+                         len(others), others[0])
+        sd = {k: v for k, v in sd.items() if k not in set(others)}
     out = {}
     for k, v in sd.items():
         for prefix in PREFIXES:

@@ -64,24 +64,30 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         return qkv.unbind(0)
 
-    def _probs(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """Softmax attention probabilities (before dropout), computed in fp32 for half-precision inputs."""
+    def _probs(self, q: torch.Tensor, k: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Softmax attention probabilities (before dropout), computed in fp32 for half-precision inputs.
+        ``attn_mask`` (bool, True = may attend) excludes keys."""
         logits = (q.float() * self.scale) @ k.float().transpose(-2, -1)
+        if attn_mask is not None:
+            logits = logits.masked_fill(~attn_mask, float("-inf"))
         return logits.softmax(dim=-1)
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         if self.fused_attn:
             return F.scaled_dot_product_attention(
-                q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
+                q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
             )
-        return self.attn_drop(self._probs(q, k).to(v.dtype)) @ v
+        probs = self._probs(q, k) if attn_mask is None else self._probs(q, k, attn_mask)
+        return self.attn_drop(probs.to(v.dtype)) @ v
 
     def _out(self, x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(shape)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         q, k, v = self._qkv(x)
-        return self._out(self._attend(q, k, v), x.shape)
+        return self._out(self._attend(q, k, v, attn_mask), x.shape)
 
     def forward_with_cls_attn(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Attention output plus the head-averaged probabilities of query token 0 over all keys, (B, N).
@@ -142,7 +148,9 @@ class GlobalBlock(nn.Module):
     Tokens are the map flattened in row-major order (video: t-major). Layer scale γ has shape (C,).
     ``split=True`` (video only, official ``SplitSABlock``) divides attention into a temporal attention per spatial
     location (``t_norm``/``t_attn``, initialised to output 0) followed by a spatial attention per frame whose skip
-    connection is the pre-temporal input.
+    connection is the pre-temporal input. ``window_size > 0`` (2-D only, dense models) attends inside non-overlapping
+    windows; the map is zero-padded right/bottom after ``norm1`` and, as in the official weights' training, the padded
+    positions are NOT masked (they act as keys with value ``b_v``) unless ``window_mask=True``.
     """
 
     def __init__(
@@ -159,11 +167,16 @@ class GlobalBlock(nn.Module):
         init_value: float = 1e-6,
         dims: int = 2,
         split: bool = False,
+        window_size: int = 0,
+        window_mask: bool = False,
     ) -> None:
         super().__init__()
         if split and (dims != 3 or layer_scale):
             raise ValueError("split (divided space-time) attention needs dims=3 and no layer scale")
+        if window_size and (dims != 2 or split or window_size < 1):
+            raise ValueError(f"window attention needs dims=2, no split and window_size >= 1, got {window_size}")
         self.split = split
+        self.window_size, self.window_mask = int(window_size), window_mask
         self.pos_embed = dynamic_pos_embed(dims, dim)
         if split:
             self.t_norm = nn.LayerNorm(dim, eps=1e-6)
@@ -199,7 +212,29 @@ class GlobalBlock(nn.Module):
         t = (skip + self.drop_path(self.attn(self.norm1(t)))).reshape(B, T * H * W, C)
         return t + self.drop_path(self.mlp(self.norm2(t)))
 
+    def _windowed(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        ws = self.window_size
+        t = x.permute(0, 2, 3, 1)  # NHWC
+        y = self.norm1(t)
+        pad_b, pad_r = (ws - H % ws) % ws, (ws - W % ws) % ws
+        y = F.pad(y, (0, 0, 0, pad_r, 0, pad_b))  # zero vectors after the norm, as in the official code
+        Hp, Wp = H + pad_b, W + pad_r
+        windows = y.reshape(B, Hp // ws, ws, Wp // ws, ws, C).transpose(2, 3).reshape(-1, ws * ws, C)
+        mask = None
+        if self.window_mask and (pad_b or pad_r):
+            valid = F.pad(y.new_ones(1, H, W), (0, pad_r, 0, pad_b)).reshape(1, Hp // ws, ws, Wp // ws, ws)
+            valid = valid.transpose(2, 3).reshape(-1, 1, 1, ws * ws).bool().repeat(B, 1, 1, 1)
+            mask = valid
+        y = self.attn(windows, mask).reshape(B, Hp // ws, Wp // ws, ws, ws, C).transpose(2, 3)
+        y = y.reshape(B, Hp, Wp, C)[:, :H, :W]
+        t = t + self.drop_path(apply_layer_scale(y, self.gamma_1))
+        t = t + self.drop_path(apply_layer_scale(self.mlp(self.norm2(t)), self.gamma_2))
+        return t.permute(0, 3, 1, 2)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.pos_embed(x)
+        if self.window_size:
+            return self._windowed(x)
         t = self._divided(x) if self.split else self.mix_tokens(x.flatten(2).transpose(1, 2))
         return t.transpose(1, 2).reshape(x.shape)

@@ -132,7 +132,12 @@ class UniFormer(nn.Module):
     def _make_block(self, stage: int, index: int, dim: int, drop_path: float, common: dict, attn: dict) -> nn.Module:
         if stage < 2:
             return LocalBlock(dim, drop_path=drop_path, dims=self.dims, **common)
-        return GlobalBlock(dim, drop_path=drop_path, dims=self.dims, split=self.split, **attn, **common)
+        return GlobalBlock(dim, drop_path=drop_path, dims=self.dims, split=self.split,
+                           **self._window_args(stage, index), **attn, **common)
+
+    def _window_args(self, stage: int, index: int) -> Dict[str, Any]:
+        """Window-attention settings of one block (none in the classification models; see the dense backbones)."""
+        return {}
 
     def _make_tail(self, drop_rate: float) -> None:
         self.norm = batch_norm_nd(self.dims)(self.num_features)

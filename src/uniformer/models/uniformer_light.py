@@ -72,9 +72,13 @@ class UniFormerLight(UniFormer):
             **common,
         )
 
-    def _make_tail(self, drop_rate: float) -> None:
+    def _make_cls_token(self) -> None:
+        """Class token entering stage 3 and its widening to stage 4 (also used by the dense light backbone)."""
         self.cls_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim[2]))
         self.cls_upsample = nn.Linear(self.embed_dim[2], self.embed_dim[3])
+
+    def _make_tail(self, drop_rate: float) -> None:
+        self._make_cls_token()
         super()._make_tail(drop_rate)
         self.norm_cls = nn.LayerNorm(self.num_features, eps=1e-5)
         self.head_cls = self._linear_head()
