@@ -293,11 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
         "folder saved by uniformer (config.json + model.safetensors).",
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
-    p.add_argument("--model", help="model name; optional when the checkpoint folder has a config.json")
-    p.add_argument("--checkpoint", required=True, help="weights file or saved model folder")
-    p.add_argument("--topk", type=int, default=5, help="number of classes to show (default 5)")
-    p.add_argument("--labels", help="text file with one class name per line (default: saved names or ImageNet-1K)")
-    p.add_argument("--num-classes", type=int, help="classifier width (default: read from the checkpoint)")
+    _prediction_arguments(p, "names saved with the model or ImageNet-1K")
     p.add_argument("--input-size", type=int, help="square input side (default: the model's pretrained config)")
     p.set_defaults(func=cmd_predict)
 
@@ -334,11 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and Kinetics-400 names, e.g. uniformer_video_small.k400_16x4) or a uniformer run / saved folder.",
     )
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (any format PyAV/FFmpeg decodes)")
-    p.add_argument("--model", help="model name, optionally with its checkpoint tag; optional for saved folders")
-    p.add_argument("--checkpoint", required=True, help="weights file, saved model folder or run directory")
-    p.add_argument("--topk", type=int, default=5, help="number of classes to show (default 5)")
-    p.add_argument("--labels", help="text file with one class name per line")
-    p.add_argument("--num-classes", type=int, help="classifier width (default: read from the checkpoint)")
+    _prediction_arguments(p, "names saved with the model or the checkpoint tag's label set")
     p.add_argument("--img-size", type=int, help="crop side (default: the checkpoint's)")
     _video_arguments(p)
     p.set_defaults(func=cmd_predict_video)
@@ -372,6 +364,15 @@ def one_line(error: BaseException) -> str:
         last = [line for line in text.splitlines() if line.strip()][-1].strip()
         text = last.partition(": ")[2] or last
     return " ".join(text.split())
+
+
+def _prediction_arguments(p: argparse.ArgumentParser, default_labels: str) -> None:
+    p.add_argument("--model", help="model name, optionally with its checkpoint tag (e.g. uniformer_small.in1k); "
+                                   "optional for saved folders and run directories")
+    p.add_argument("--checkpoint", required=True, help="weights file, saved model folder or run directory")
+    p.add_argument("--topk", type=int, default=5, help="number of classes to show (default 5)")
+    p.add_argument("--labels", help=f"text file with one class name per line (default: {default_labels})")
+    p.add_argument("--num-classes", type=int, help="classifier width (default: read from the checkpoint)")
 
 
 def _video_arguments(p: argparse.ArgumentParser) -> None:

@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..convert import checkpoint_filter_fn
 from ..layers import ConvDown, ConvStem, GlobalBlock, LocalBlock, PatchEmbed, batch_norm_nd, check_dims
+from .common import ClassifierAPI, check_global_pool
 
 __all__ = ["UniFormer", "per_stage"]
 
@@ -34,7 +35,7 @@ def per_stage(value: Any, name: str, num_stages: int = 4) -> List[Any]:
     return [value] * num_stages
 
 
-class UniFormer(nn.Module):
+class UniFormer(ClassifierAPI, nn.Module):
     """UniFormer backbone + classifier for images (``dims=2``) and videos (``dims=3``).
 
     Args use the official keyword names: ``depth``/``embed_dim`` (per stage), ``head_dim`` (heads = C // head_dim),
@@ -80,8 +81,7 @@ class UniFormer(nn.Module):
         self.embed_dim = [int(c) for c in per_stage(embed_dim, "embed_dim")]
         if head_dim < 1 or any(c < head_dim for c in self.embed_dim[2:]):
             raise ValueError(f"head_dim must be in [1, embed_dim of stages 3-4], got {head_dim} for {self.embed_dim}")
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        check_global_pool(global_pool)
         self.head_dim = head_dim
         self.in_chans = in_chans
         self.num_classes = num_classes
@@ -179,21 +179,9 @@ class UniFormer(nn.Module):
             ],
         )
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """Replace every classifier (``head``, and ``aux_head``/``head_cls`` where present) with ``num_classes``."""
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
+        self._reset_pool_and_classes(num_classes, global_pool)
         for name in self.classifier_names():
             head = self._linear_head()
             if isinstance(head, nn.Linear):

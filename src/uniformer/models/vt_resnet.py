@@ -18,13 +18,14 @@ from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
 from ..layers.vt import VTModule, init_vt_weights
+from .common import ClassifierAPI, check_global_pool
 
 __all__ = ["VTResNet", "load_torchvision_trunk", "TrunkLoadResult"]
 
 TRUNK = ("conv1", "bn1", "layer1", "layer2", "layer3")
 
 
-class VTResNet(nn.Module):
+class VTResNet(ClassifierAPI, nn.Module):
     """ResNet trunk (stages 1–3) + ``num_modules`` VT modules + mean-token classifier.
 
     Keywords: ``arch`` (torchvision ResNet name), ``num_modules``, ``num_tokens`` (L), ``token_dim`` (C_T),
@@ -60,8 +61,7 @@ class VTResNet(nn.Module):
             raise ValueError("VT-ResNet has no stochastic depth (torchvision's ResNet blocks): use drop_path_rate=0")
         if num_modules < 1:
             raise ValueError(f"num_modules must be at least 1, got {num_modules}")
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' (mean over tokens) or '', got {global_pool!r}")
+        check_global_pool(global_pool)  # 'avg' = mean over tokens
         resnet = getattr(torchvision.models, arch)(weights=None)
         self.conv1 = resnet.conv1 if in_chans == 3 else nn.Conv2d(in_chans, 64, 7, 2, 3, bias=False)
         self.bn1, self.relu, self.maxpool = resnet.bn1, resnet.relu, resnet.maxpool
@@ -97,20 +97,8 @@ class VTResNet(nn.Module):
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         return dict(stem=r"^conv1|^bn1", blocks=r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)", vt=r"^vt\.(\d+)")
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
+        self._reset_pool_and_classes(num_classes, global_pool)
         self.head = nn.Linear(self.token_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def classifier_names(self) -> List[str]:

@@ -60,6 +60,17 @@ def _randint(low: int, high: int) -> int:
     return int(torch.randint(low, high, ()))
 
 
+def _checked_pair(image: Image.Image, mask: Union[np.ndarray, Image.Image, torch.Tensor]
+                  ) -> Tuple[Image.Image, np.ndarray]:
+    """RGB image and mask array of the same size (else ValueError naming both sizes)."""
+    mask = _as_mask_array(mask)
+    image = image.convert("RGB")
+    if mask.shape != (image.height, image.width):
+        raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but image is {image.width}x{image.height}; "
+                         "expected the same size")
+    return image, mask
+
+
 def _as_mask_array(mask: Union[np.ndarray, Image.Image, torch.Tensor]) -> np.ndarray:
     """A (H, W) uint8 label array from a numpy array, tensor or L/P-mode PIL image (palette images by their
     indices); ``ValueError`` for anything else or labels outside 0..255."""
@@ -331,11 +342,7 @@ class SegTrainTransform:
 
     def __call__(self, image: Image.Image, mask: Union[np.ndarray, Image.Image, torch.Tensor]
                  ) -> Tuple[torch.Tensor, torch.Tensor]:
-        mask = _as_mask_array(mask)
-        image = image.convert("RGB")
-        if mask.shape != (image.height, image.width):
-            raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but image is {image.width}x{image.height}; "
-                             "expected the same size")
+        image, mask = _checked_pair(image, mask)
         if self.scale is not None:
             r = _uniform(*self.ratio_range) if self.ratio_range is not None else 1.0
             target = (max(1, int(self.scale[0] * r)), max(1, int(self.scale[1] * r)))  # mmseg truncates it
@@ -381,11 +388,7 @@ class SegEvalTransform:
 
     def __call__(self, image: Image.Image, mask: Union[np.ndarray, Image.Image, torch.Tensor]
                  ) -> Tuple[torch.Tensor, torch.Tensor]:
-        mask = _as_mask_array(mask)
-        image = image.convert("RGB")
-        if mask.shape != (image.height, image.width):
-            raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but image is {image.width}x{image.height}; "
-                             "expected the same size")
+        image, mask = _checked_pair(image, mask)
         if self.scale is not None:
             h, w = _keep_ratio_size((image.height, image.width), self.scale)
             if (h, w) != (image.height, image.width):

@@ -1,0 +1,37 @@
+"""timm-contract methods shared by every classification model of the package."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+__all__ = ["ClassifierAPI", "check_global_pool"]
+
+
+def check_global_pool(global_pool: str) -> str:
+    if global_pool not in ("avg", ""):
+        raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+    return global_pool
+
+
+class ClassifierAPI:
+    """``set_grad_checkpointing``, ``get_classifier`` and the pooling part of ``reset_classifier``."""
+
+    grad_checkpointing: bool
+    head: nn.Module
+    global_pool: str
+    num_classes: int
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def _reset_pool_and_classes(self, num_classes: int, global_pool: Optional[str]) -> None:
+        if global_pool is not None:
+            self.global_pool = check_global_pool(global_pool)
+        self.num_classes = num_classes
