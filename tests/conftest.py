@@ -77,3 +77,45 @@ def write_video(path: Path, frames: int = 16, size: tuple = (64, 64), direction:
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def run_cli(*args: str, check: bool = True, timeout: int = 600, **env: str):
+    """Run ``python -m uniformer.cli ARGS`` as a real subprocess (``env`` adds environment variables)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "uniformer.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, **env))
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def one_line_error(proc, *fragments: str) -> str:
+    """Assert the CLI failed with exactly one ``uniformer: error: ...`` line containing every fragment."""
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("uniformer: error: "), proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+STANDIN_CHANNELS = [16, 32, 64, 128]
+
+
+class StandInBackbone(torch.nn.Module):
+    """A 4-level backbone stand-in: strided convs to strides 4/8/16/32 with 16/32/64/128 channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        c = STANDIN_CHANNELS
+        self.convs = torch.nn.ModuleList([torch.nn.Conv2d(3, 16, 4, 4)] + [torch.nn.Conv2d(c[i], c[i + 1], 2, 2)
+                                                                          for i in range(3)])
+
+    def forward(self, x: torch.Tensor):
+        out = []
+        for conv in self.convs:
+            x = torch.relu(conv(x))
+            out.append(x)
+        return out

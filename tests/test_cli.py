@@ -8,25 +8,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from conftest import TINY, TINY_LIGHT
+from conftest import TINY, TINY_LIGHT, one_line_error, run_cli
 
 import uniformer
 import uniformer.data
-
-
-def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "uniformer.cli", *args], capture_output=True, text=True, timeout=300)
-    if ok:
-        assert proc.returncode == 0, proc.stderr
-    return proc
-
-
-def one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("uniformer: error: "), proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture()
@@ -37,14 +22,14 @@ def image(tmp_path):
 
 
 def test_models_table_lists_every_model_with_flops():
-    out = run("models", "uniformer_xx*").stdout
+    out = run_cli("models", "uniformer_xx*").stdout
     assert "uniformer_xxs" in out and "10.22" in out and "1.306" in out and "in1k_128" in out
-    out = run("models", "--no-flops").stdout
+    out = run_cli("models", "--no-flops").stdout
     assert all(name in out for name in uniformer.list_models())
 
 
 def test_info():
-    out = run("info", "uniformer_small_plus").stdout
+    out = run_cli("info", "uniformer_small_plus").stdout
     assert "head_dim    32" in out and "24,032,552" in out and "4.213 at 224x224" in out
     assert "uniformer_small_plus.in1k" in out
 
@@ -56,11 +41,11 @@ def test_predict_official_style_checkpoint_with_imagenet_names(tmp_path, image):
     torch.save({"model": model.state_dict(), "epoch": 1}, ckpt)
     overrides = ["--input-size", "64"]
     # the architecture kwargs of a tiny model are not those of the registered name: strict loading must refuse
-    one_line_error(run("predict", "--model", "uniformer_xxs", "--checkpoint", str(ckpt), str(image), ok=False),
+    one_line_error(run_cli("predict", "--model", "uniformer_xxs", "--checkpoint", str(ckpt), str(image), check=False),
                    "checkpoint does not match")
     saved = tmp_path / "saved"
     uniformer.save_pretrained(model, saved)
-    out = run("predict", "--checkpoint", str(saved), *overrides, str(image)).stdout.splitlines()
+    out = run_cli("predict", "--checkpoint", str(saved), *overrides, str(image)).stdout.splitlines()
     assert out[0].endswith("img.png") and len(out) == 6
     expected = model(uniformer_transform(model, image)).softmax(-1)[0].topk(5)
     from timm.data import ImageNetInfo
@@ -79,29 +64,29 @@ def uniformer_transform(model, image):
 def test_predict_with_labels_file_and_weights_file(tmp_path, image):
     model = uniformer.create_model("uniformer_small", **dict(TINY, num_classes=3)).eval()
     uniformer.save_pretrained(model, tmp_path / "m", label_names=["cat", "dog", "eel"])
-    out = run("predict", "--checkpoint", str(tmp_path / "m" / "model.safetensors"), "--input-size", "64",
+    out = run_cli("predict", "--checkpoint", str(tmp_path / "m" / "model.safetensors"), "--input-size", "64",
               "--topk", "9", str(image)).stdout
     assert sum(name in out for name in ("cat", "dog", "eel")) == 3
     labels = tmp_path / "labels.txt"
     labels.write_text("a\nb\n")
-    one_line_error(run("predict", "--checkpoint", str(tmp_path / "m"), "--labels", str(labels), str(image), ok=False),
+    one_line_error(run_cli("predict", "--checkpoint", str(tmp_path / "m"), "--labels", str(labels), str(image), check=False),
                    "has 2 names but the model has 3 classes")
 
 
 def test_bad_input_gives_one_line_errors(tmp_path, image):
-    one_line_error(run("info", "uniformer_smal", ok=False), "unknown model 'uniformer_smal'", "did you mean uniformer_small")
-    one_line_error(run("predict", "--model", "uniformer_small", "--checkpoint", str(tmp_path / "x.pth"), str(image),
-                       ok=False), "checkpoint not found", "x.pth")
+    one_line_error(run_cli("info", "uniformer_smal", check=False), "unknown model 'uniformer_smal'", "did you mean uniformer_small")
+    one_line_error(run_cli("predict", "--model", "uniformer_small", "--checkpoint", str(tmp_path / "x.pth"), str(image),
+                       check=False), "checkpoint not found", "x.pth")
     model = uniformer.create_model("uniformer_small", **dict(TINY, num_classes=3))
     uniformer.save_pretrained(model, tmp_path / "m")
     not_image = tmp_path / "notes.txt"
     not_image.write_text("hello")
-    one_line_error(run("predict", "--checkpoint", str(tmp_path / "m"), str(not_image), ok=False),
+    one_line_error(run_cli("predict", "--checkpoint", str(tmp_path / "m"), str(not_image), check=False),
                    "cannot read image", "notes.txt")
-    one_line_error(run("predict", "--checkpoint", str(tmp_path / "m"), str(tmp_path / "missing.jpg"), ok=False),
+    one_line_error(run_cli("predict", "--checkpoint", str(tmp_path / "m"), str(tmp_path / "missing.jpg"), check=False),
                    "image not found", "missing.jpg")
-    one_line_error(run("models", "nothing*", ok=False), "no model matches")
-    proc = run("predict", "--checkpoint", str(tmp_path / "m"), "--topk", "x", str(image), ok=False)
+    one_line_error(run_cli("models", "nothing*", check=False), "no model matches")
+    proc = run_cli("predict", "--checkpoint", str(tmp_path / "m"), "--topk", "x", str(image), check=False)
     assert proc.returncode == 2 and "invalid int value" in proc.stderr
 
 

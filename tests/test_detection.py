@@ -15,6 +15,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
+from conftest import STANDIN_CHANNELS, StandInBackbone
+
 import uniformer
 from uniformer.tasks.coco import load_coco
 from uniformer.tasks.detection import (
@@ -29,25 +31,10 @@ from uniformer.tasks.detection import (
 )
 
 H, W = 96, 128
-CHANNELS = [16, 32, 64, 128]
+CHANNELS = STANDIN_CHANNELS
+StandIn = StandInBackbone
 COLORS = {3: (220, 40, 40), 7: (40, 60, 220)}
 LOSS_KEYS = {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
-
-
-class StandIn(nn.Module):
-    """A 4-level backbone stand-in: strided convs to strides 4/8/16/32 with 16/32/64/128 channels."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.convs = nn.ModuleList([nn.Conv2d(3, 16, 4, 4)] + [nn.Conv2d(CHANNELS[i], CHANNELS[i + 1], 2, 2)
-                                                              for i in range(3)])
-
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        out = []
-        for conv in self.convs:
-            x = torch.relu(conv(x))
-            out.append(x)
-        return out
 
 
 def tiny_uniformer() -> nn.Module:

@@ -17,6 +17,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from conftest import one_line_error, run_cli
+
 from uniformer.engine.checkpointing import RunDir
 from uniformer.engine.config import TrainConfig, load_yaml
 from uniformer.engine.trainer import compute_loss
@@ -27,21 +29,8 @@ TINY = ["--model", "uniformer_xxs", "--model-args", TINY_ARGS, "--img-size", "32
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
-def cli(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "uniformer.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=ENV)
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
-def one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("uniformer: error: "), proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
+def cli(*args: str, check: bool = True, timeout: int = 600):
+    return run_cli(*args, check=check, timeout=timeout, OMP_NUM_THREADS="1")
 
 
 def printed_best(stdout: str) -> tuple[int, int]:

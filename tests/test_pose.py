@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 from PIL import Image, ImageDraw
 
+from conftest import STANDIN_CHANNELS, StandInBackbone
+
 import uniformer
 from uniformer.tasks.coco import load_coco
 from uniformer.tasks.pose import (
@@ -34,26 +36,11 @@ from uniformer.tasks.pose import (
 
 H, W = 160, 128  # original images
 INPUT = (128, 96)  # network input (H, W); heatmaps 32 x 24
-CHANNELS = [16, 32, 64, 128]
+CHANNELS = STANDIN_CHANNELS
+StandIn = StandInBackbone
 # a standing "person" (offsets from its centre) in COCO joint order
 BASE = np.array([[0, -60], [-5, -64], [5, -64], [-10, -60], [10, -60], [-18, -40], [18, -40], [-26, -18], [26, -18],
                  [-30, 4], [30, 4], [-12, 10], [12, 10], [-14, 36], [14, 36], [-16, 62], [16, 62]], dtype=float)
-
-
-class StandIn(nn.Module):
-    """A 4-level backbone stand-in: strided convs to strides 4/8/16/32 with 16/32/64/128 channels."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.convs = nn.ModuleList([nn.Conv2d(3, 16, 4, 4)] + [nn.Conv2d(CHANNELS[i], CHANNELS[i + 1], 2, 2)
-                                                              for i in range(3)])
-
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        out = []
-        for conv in self.convs:
-            x = torch.relu(conv(x))
-            out.append(x)
-        return out
 
 
 def joint_color(j: int) -> tuple:

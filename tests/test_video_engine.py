@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, write_video
+from conftest import TINY, run_cli, write_video
 
 import uniformer
 
@@ -17,13 +15,6 @@ TINY_VIDEO = ["--model", "uniformer_video_small", "--model-args",
               json.dumps({k: v for k, v in TINY.items() if k != "num_classes"}),
               "--img-size", "32", "--num-frames", "4", "--frame-stride", "2", "--sampler", "dense",
               "--batch-size", "2", "--workers", "0"]
-
-
-def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "uniformer.cli", *args], capture_output=True, text=True, timeout=600)
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +30,15 @@ def videos(tmp_path_factory) -> Path:
 
 def test_train_eval_views_and_predict_video(videos, tmp_path):
     run = tmp_path / "run"
-    out = cli("train", "--data", str(videos), *TINY_VIDEO, "--epochs", "2", "--views", "2x1", "--output", str(run)).stdout
+    out = run_cli("train", "--data", str(videos), *TINY_VIDEO, "--epochs", "2", "--views", "2x1", "--output", str(run)).stdout
     assert "8 train / 4 val videos, 2 classes, 4x32x32" in out and "epoch   2/2" in out
     best = [line for line in out.splitlines() if "*best*" in line][-1]
     correct, total = re.search(r"\((\d+)/(\d+)\)", best).groups()
     assert total == "4"
-    assert f"({correct}/{total})" in cli("eval", "--checkpoint", str(run)).stdout  # the recorded protocol, 2x1 views
-    three = cli("eval", "--checkpoint", str(run), "--views", "3x3", "--view-aggregation", "logits").stdout
+    assert f"({correct}/{total})" in run_cli("eval", "--checkpoint", str(run)).stdout  # the recorded protocol, 2x1 views
+    three = run_cli("eval", "--checkpoint", str(run), "--views", "3x3", "--view-aggregation", "logits").stdout
     assert re.match(r"acc1 [\d.]+% \(\d/4\)", three)
-    pred = cli("predict-video", "--checkpoint", str(run), "--topk", "2", str(videos / "val" / "left" / "left0.mp4")).stdout
+    pred = run_cli("predict-video", "--checkpoint", str(run), "--topk", "2", str(videos / "val" / "left" / "left0.mp4")).stdout
     lines = pred.strip().splitlines()
     assert "2 clip(s) x 1 crop(s) of 4 frames, dense sampling, stride 2" in lines[0] and "ms per clip" in lines[0]
     assert {lines[1].split()[-1], lines[2].split()[-1]} == {"left", "right"}
@@ -62,7 +53,7 @@ def test_light_video_model_trains_with_list_files_and_segment_sampling(videos, t
         (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
         (root / split).symlink_to(videos / split)
     args = json.dumps(dict(depth=[1, 1, 3, 2], embed_dim=[16, 32, 64, 128], head_dim=16))
-    out = cli("train", "--data", str(root), "--model", "uniformer_video_xxs", "--model-args", args, "--img-size", "32",
+    out = run_cli("train", "--data", str(root), "--model", "uniformer_video_xxs", "--model-args", args, "--img-size", "32",
               "--num-frames", "4", "--sampler", "segment", "--batch-size", "2", "--workers", "0", "--epochs", "1",
               "--views", "1x3", "--output", str(tmp_path / "run")).stdout
     assert "epoch   1/1" in out and "(" in out
@@ -74,15 +65,15 @@ def test_bad_videos_fail_naming_the_file_or_are_skipped(videos, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(videos, data)
     (data / "train" / "left" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)
-    proc = cli("train", "--data", str(data), *TINY_VIDEO, "--epochs", "1", "--output", str(tmp_path / "r1"),
+    proc = run_cli("train", "--data", str(data), *TINY_VIDEO, "--epochs", "1", "--output", str(tmp_path / "r1"),
                check=False)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1 and "broken.mp4" in lines[0], proc.stderr[-2000:]
-    proc = cli("train", "--data", str(data), *TINY_VIDEO, "--epochs", "1", "--skip-bad", "--output", str(tmp_path / "r2"))
+    proc = run_cli("train", "--data", str(data), *TINY_VIDEO, "--epochs", "1", "--skip-bad", "--output", str(tmp_path / "r2"))
     assert "skipping" in proc.stderr and "broken.mp4" in proc.stderr and "epoch   1/1" in proc.stdout
     short = tmp_path / "short.mp4"
     write_video(short, frames=2)
-    one = cli("predict-video", "--checkpoint", str(tmp_path / "r2"), str(short), check=False)
+    one = run_cli("predict-video", "--checkpoint", str(tmp_path / "r2"), str(short), check=False)
     assert one.returncode == 1 and "short.mp4" in one.stderr and len(one.stderr.strip().splitlines()) == 1
 
 
@@ -91,7 +82,7 @@ def test_predict_video_with_an_official_style_checkpoint_prints_kinetics_names(t
     model = uniformer.create_model("uniformer_video_small", num_classes=400)
     ckpt = tmp_path / "uniformer_small_k400_16x4.pth"
     torch.save({"model_state": model.state_dict(), "epoch": 110}, ckpt)
-    out = cli("predict-video", "--model", "uniformer_video_small.k400_16x4", "--checkpoint", str(ckpt),
+    out = run_cli("predict-video", "--model", "uniformer_video_small.k400_16x4", "--checkpoint", str(ckpt),
               "--views", "1x1", "--num-frames", "4", "--img-size", "64", str(videos / "val" / "right" / "right0.mp4")).stdout
     from torchvision.models._meta import _KINETICS400_CATEGORIES
 

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from ..checkpoint import atomic_path
 from ..data import load_image
-from .vt_fpn import ConvFPNNeck, SemanticFPNHead, VTFPNNeck
+from .vt_fpn import ConvFPNNeck, SemanticFPNHead, VTFPNNeck, check_feature_levels
 
 __all__ = [
     "SegmentationDataset", "SegTrainTransform", "SegEvalTransform", "UperNetHead", "FCNAuxHead", "SegmentationModel",
@@ -425,19 +425,6 @@ def _init_head(module: nn.Module, classifier: nn.Conv2d) -> None:
     nn.init.zeros_(classifier.bias)
 
 
-def _check_levels(features: Sequence[torch.Tensor], in_channels: Sequence[int], owner: str) -> None:
-    """Raise ``ValueError`` unless ``features`` is a list of ``len(in_channels)`` NCHW maps with those channels."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting():
-        return
-    if not isinstance(features, (list, tuple)) or len(features) != len(in_channels):
-        found = f"{len(features)} levels" if isinstance(features, (list, tuple)) else type(features).__name__
-        raise ValueError(f"{owner} expects a list of {len(in_channels)} feature maps, got {found}")
-    for i, (f, c) in enumerate(zip(features, in_channels)):
-        if not isinstance(f, torch.Tensor) or f.ndim != 4 or f.shape[1] != c:
-            shape = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
-            raise ValueError(f"{owner}: level {i} must be a (B, {c}, H, W) map, got {shape}")
-
-
 class UperNetHead(nn.Module):
     """UperNet decode head (mmseg ``UPerHead``): a pyramid pooling module on the last level (adaptive average pools
     ``pool_scales``, each 1×1 conv-BN-ReLU to ``channels`` and bilinearly upsampled, concatenated with the input, 3×3
@@ -473,7 +460,7 @@ class UperNetHead(nn.Module):
         return self.bottleneck(torch.cat(outs, dim=1))
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        _check_levels(features, self.in_channels, type(self).__name__)
+        check_feature_levels(features, self.in_channels, type(self).__name__)
         laterals = [conv(f) for conv, f in zip(self.lateral_convs, features)] + [self._ppm(features[-1])]
         for i in range(len(laterals) - 1, 0, -1):
             laterals[i - 1] = laterals[i - 1] + F.interpolate(
@@ -600,7 +587,7 @@ class SegmentationModel(nn.Module):
             raise ValueError(f"the backbone {type(self.backbone).__name__} must return a list of feature maps, got "
                              f"{type(feats).__name__}")
         feats = list(feats)
-        _check_levels(feats, self.in_channels, f"{type(self).__name__} (backbone output)")
+        check_feature_levels(feats, self.in_channels, f"{type(self).__name__} (backbone output)")
         return feats
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:

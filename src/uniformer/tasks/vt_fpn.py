@@ -19,7 +19,8 @@ from torchvision.ops import FeaturePyramidNetwork
 
 from ..layers.vt import FilterTokenizer, Projector, TokenTransformer, init_vt_weights
 
-__all__ = ["VTFPNNeck", "ConvFPNNeck", "SemanticFPNHead", "VTFPN", "fpn_neck_macs", "resnet_level_shapes"]
+__all__ = ["VTFPNNeck", "ConvFPNNeck", "SemanticFPNHead", "VTFPN", "fpn_neck_macs", "resnet_level_shapes",
+           "check_feature_levels"]
 
 RESNET_CHANNELS = (256, 512, 1024, 2048)  # C2–C5 of ResNet-50/101
 STRIDES = (4, 8, 16, 32)
@@ -30,13 +31,13 @@ def _tracing() -> bool:
     return torch.jit.is_tracing() or torch.jit.is_scripting()
 
 
-def _check_features(features: Sequence[torch.Tensor], in_channels: Sequence[int], owner: str) -> None:
+def check_feature_levels(features: Sequence[torch.Tensor], in_channels: Sequence[int], owner: str) -> None:
     """Raise ``ValueError`` unless ``features`` is a list of ``len(in_channels)`` NCHW maps with those channels."""
     if _tracing():
         return
     if not isinstance(features, (list, tuple)) or len(features) != len(in_channels):
         found = f"{len(features)} levels" if isinstance(features, (list, tuple)) else type(features).__name__
-        raise ValueError(f"{owner} expects a list of {len(in_channels)} feature maps (C2..C5), got {found}")
+        raise ValueError(f"{owner} expects a list of {len(in_channels)} feature maps, got {found}")
     for i, (f, c) in enumerate(zip(features, in_channels)):
         if not isinstance(f, torch.Tensor) or f.ndim != 4 or f.shape[1] != c:
             shape = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
@@ -102,7 +103,7 @@ class VTFPNNeck(nn.Module):
 
     def forward(self, features: Sequence[torch.Tensor], return_attn: bool = False
                 ) -> Union[List[torch.Tensor], Tuple[List[torch.Tensor], Dict[str, object]]]:
-        _check_features(features, self.in_channels, type(self).__name__)
+        check_feature_levels(features, self.in_channels, type(self).__name__)
         tokens, tok_attn = zip(*(tok(f) for tok, f in zip(self.tokenizers, features)))
         mixed, tr_attn = self.transformer(torch.cat(tokens, dim=1))  # (B, n_levels * L, C_T)
         parts = mixed.split(self.num_tokens, dim=1)
@@ -128,7 +129,7 @@ class ConvFPNNeck(nn.Module):
         self.fpn = FeaturePyramidNetwork(list(self.in_channels), out_channels)
 
     def forward(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-        _check_features(features, self.in_channels, type(self).__name__)
+        check_feature_levels(features, self.in_channels, type(self).__name__)
         return list(self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features))).values())
 
 
@@ -165,7 +166,7 @@ class SemanticFPNHead(nn.Module):
         nn.init.zeros_(self.predictor.bias)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        _check_features(features, (self.in_channels,) * len(self.scale_heads), type(self).__name__)
+        check_feature_levels(features, (self.in_channels,) * len(self.scale_heads), type(self).__name__)
         sizes = [f.shape[-2:] for f in features]
         out = None
         for i, (blocks, f) in enumerate(zip(self.scale_heads, features)):
