@@ -494,8 +494,8 @@ def _train(config: TrainConfig, ctx: DistContext, log: Callable[[str], None]) ->
             state = dict(epoch=epoch, best_acc1=best_acc1, best_epoch=best_epoch, optimizer=optimizer.state_dict(),
                          scheduler=scheduler.state_dict(), scaler=scaler.state_dict() if scaler else None,
                          ema=ema.state_dict() if ema is not None else None, rng=rng_state(), config=config.to_dict())
+            metrics.log(row)  # first: a kill between the two leaves a row that resume drops, never a gap
             run.save(epoch, model, state, is_best, label_names=classes, data_config=data_config)
-            metrics.log(row)
         ctx.barrier()
         ema_text = f"  EMA acc1 {ema_val['acc1']:.2f}%" if ema_val is not None else ""
         log(f"epoch {epoch + 1:>3}/{config.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc1']:.2f}%  "
