@@ -4,7 +4,6 @@ metric, overlays, and a one-batch overfit of the FPN and UperNet models."""
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import pytest

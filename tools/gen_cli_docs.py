@@ -8,7 +8,7 @@ cmds = [""] + list(sub.choices)
 out = ["# Command-line reference", "",
        "Every command prints one line `uniformer: error: …` and exits with status 1 on bad input (unknown model — "
        "with close-name suggestions —, missing or unreadable files, mismatched checkpoints, bad option values); "
-       "argparse usage errors exit with status 2. See also [training.md](training.md) and [weights.md](weights.md).", ""]
+       "argparse usage errors exit with status 2. See also [training.md](training.md), [dense.md](dense.md) and [weights.md](weights.md).", ""]
 for cmd in cmds:
     args = [sys.executable, "-m", "uniformer.cli"] + ([cmd] if cmd else []) + ["--help"]
     text = subprocess.run(args, capture_output=True, text=True, env={"COLUMNS": "110", "PATH": "/usr/bin"}).stdout
@@ -24,5 +24,11 @@ out += ["## Examples", "", "```",
         "$ uniformer plot runs/digits",
         "$ uniformer predict --checkpoint runs/digits photo.png",
         "$ uniformer predict-video --model uniformer_video_small.k400_16x4 --checkpoint uniformer_small_k400_16x4.pth clip.mp4",
+        "$ uniformer train --task segmentation --data ~/data/ade --reduce-zero-label --model uniformer_small_dense "
+        "--init-checkpoint uniformer_small_in1k.pth --output runs/ade",
+        "$ uniformer eval --checkpoint runs/ade --inference slide",
+        "$ uniformer predict --checkpoint runs/ade street.jpg          # street_segmentation.png",
+        "$ uniformer train --task detection --data ~/data/coco --model uniformer_small_dense --output runs/coco",
+        "$ uniformer predict --checkpoint runs/pose people.jpg --box 40 20 120 300",
         "```", ""]
 open("docs/cli.md", "w").write("\n".join(out))

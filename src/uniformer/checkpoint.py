@@ -191,6 +191,13 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def _save_weights(model: nn.Module, directory: Path) -> None:
+    from safetensors.torch import save_file
+
+    with atomic_path(directory / "model.safetensors") as tmp:
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+
+
 def save_pretrained(
     model: nn.Module,
     directory: PathLike,
@@ -204,16 +211,22 @@ def save_pretrained(
     The folder loads with :func:`load_pretrained`, ``uniformer predict --checkpoint DIR`` and
     ``timm.create_model("local-dir:DIR")``.
     """
-    from safetensors.torch import save_file
     from timm.models._hub import save_config_for_hf
 
     directory = Path(directory)
+    task_config = getattr(model, "task_config", None)
+    if task_config is not None:  # a dense task model (uniformer.tasks.build): its own config, rebuilt by load_pretrained
+        task_config = dict(task_config, label_names=list(label_names) if label_names is not None
+                           else task_config.get("label_names"))
+        _save_weights(model, directory)
+        with atomic_path(directory / "config.json") as tmp:
+            tmp.write_text(json.dumps(task_config, indent=2))
+        return directory
     notes = [str(n) for n in (getattr(model, "pretrained_cfg", {}) or {}).get("notes") or () if not str(n).startswith("head_dim=")]
     model_config: Dict[str, Any] = {"pretrained_cfg": {"notes": [f"head_dim={getattr(model, 'head_dim', None)}", *notes]}}
     if label_names is not None:
         model_config["label_names"] = list(label_names)
-    with atomic_path(directory / "model.safetensors") as tmp:
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    _save_weights(model, directory)
     with atomic_path(directory / "config.json") as tmp:
         save_config_for_hf(model, str(tmp), model_config=model_config, data_config=data_config)
     return directory
@@ -234,6 +247,22 @@ def read_model_config(path: PathLike) -> Optional[Dict[str, Any]]:
     return config
 
 
+def load_task_weights(model: nn.Module, path: PathLike) -> None:
+    """Strictly load a saved dense task model's weights (names as saved; no official-format conversion, which would
+    keep only the backbone of a ``backbone.``-prefixed state dict)."""
+    state = read_checkpoint(path)
+    own = model.state_dict()
+    mismatched = [f"{k} (checkpoint {list(v.shape)} vs model {list(own[k].shape)})" for k, v in state.items()
+                  if k in own and v.shape != own[k].shape]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if mismatched or missing or unexpected:
+        parts = [f"{len(x)} {what}: {_short(x, 4)}" for what, x in (("shape mismatch(es)", mismatched),
+                 ("missing key(s)", missing), ("unexpected key(s)", unexpected)) if x]
+        raise ValueError(f"{path} does not match its config.json ({type(model).__name__}): " + "; ".join(parts))
+    model.load_state_dict(state)
+
+
 def load_pretrained(path: PathLike, **overrides: Any) -> nn.Module:
     """Build the model described by a saved folder's ``config.json`` and load its weights (see :func:`save_pretrained`)."""
     from . import create_model
@@ -241,6 +270,12 @@ def load_pretrained(path: PathLike, **overrides: Any) -> nn.Module:
     config = read_model_config(path)
     if config is None:
         raise FileNotFoundError(f"no config.json in {path}: pass the model name and use load_checkpoint instead")
+    if config.get("task"):  # a dense task model: rebuild it from its own config, load its weights strictly
+        from .tasks.build import model_from_config
+
+        model = model_from_config(config)
+        load_task_weights(model, path)
+        return model
     kwargs = dict(config.get("model_args", {}), num_classes=config.get("num_classes", 1000))
     kwargs.update(overrides)
     saved_cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in config.get("pretrained_cfg", {}).items()}

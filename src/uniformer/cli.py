@@ -71,7 +71,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .utils import count_params
 
     model = create_model(args.model)
-    cfg = model.pretrained_cfg
     size = default_input(model, args.input_size)
     print(f"{args.model}  ({type(model).__name__})")
     print(f"  depth       {model.depth}")
@@ -157,6 +156,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.topk < 1:
         raise CliError(f"--topk must be at least 1, got {args.topk}")
     model = load_model_for_inference(args.model, args.checkpoint, args.num_classes).eval()
+    if getattr(model, "task_config", None) is not None:  # segmentation / detection / pose: overlay PNGs
+        from .engine.dense import predict_task_images
+
+        if args.box and model.task_config["task"] != "pose":
+            raise CliError("--box gives person boxes for pose models only")
+        for png, summary in predict_task_images(model, args.images, args.output_dir, boxes=args.box,
+                                                score_threshold=args.score_threshold):
+            print(f"{png}  {summary}")
+        return 0
     if model.num_classes < 1:
         raise CliError("the model has no classifier (num_classes=0); nothing to predict")
     overrides = {"input_size": (3, args.input_size, args.input_size)} if args.input_size else {}
@@ -194,11 +202,30 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .engine.trainer import evaluate_checkpoint
+    from .checkpoint import read_model_config
+    from .engine.checkpointing import resolve_checkpoint_path
+    from .engine.trainer import evaluate_checkpoint, run_data
 
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
-    result = evaluate_checkpoint(args.checkpoint, data=args.data, model_name=args.model, batch_size=args.batch_size,
+    path = resolve_checkpoint_path(args.checkpoint)
+    saved = read_model_config(path) if path.exists() else None
+    if saved is not None and saved.get("task"):  # a segmentation / detection / pose model
+        from .engine.dense import evaluate_task_checkpoint, format_metrics
+
+        model = load_model_for_inference(None, str(path))
+        data = args.data if args.data is not None else run_data(args.checkpoint, path)
+        metrics, task = evaluate_task_checkpoint(
+            model, data, split=args.split, batch_size=args.batch_size or 2, workers=args.workers, device=args.device,
+            skip_bad=args.skip_bad, inference=args.inference, person_boxes=args.person_boxes)
+        print(format_metrics(metrics, task.shown))
+        others = [k for k in metrics if k not in task.shown]
+        if others:
+            print("  " + format_metrics(metrics, others))
+        return 0
+    if args.inference or args.person_boxes:
+        raise CliError("--inference and --person-boxes apply to segmentation and pose models only")
+    result = evaluate_checkpoint(args.checkpoint, data=args.data, model_name=args.model, batch_size=args.batch_size or 64,
                                  workers=args.workers, img_size=args.img_size, split=args.split, device=args.device,
                                  views=args.views, num_frames=args.num_frames, frame_stride=args.frame_stride,
                                  sampler=args.sampler, aggregation=args.view_aggregation, skip_bad=args.skip_bad)
@@ -288,21 +315,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "predict",
-        help="top-k classes for images",
+        help="top-k classes for images, or overlay PNGs from segmentation / detection / pose models",
         description="Classify images with an official checkpoint (.pth/.safetensors, any official wrapper) or a "
-        "folder saved by uniformer (config.json + model.safetensors).",
+        "folder saved by uniformer (config.json + model.safetensors). A segmentation, detection or pose run writes "
+        "a colour-mask, box-and-mask or skeleton overlay PNG per image instead.",
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
     _prediction_arguments(p, "names saved with the model or ImageNet-1K")
     p.add_argument("--input-size", type=int, help="square input side (default: the model's pretrained config)")
+    p.add_argument("--output-dir", help="segmentation / detection / pose models: folder for the overlay PNGs "
+                                        "IMAGE_<task>.png (default: beside each image)")
+    p.add_argument("--score-threshold", type=float, default=0.5,
+                   help="detection models: draw detections scoring at least this (default: 0.5)")
+    p.add_argument("--box", type=float, nargs=4, action="append", metavar=("X", "Y", "W", "H"),
+                   help="pose models: a person box in pixels; repeat for several people (default: the whole image)")
     p.set_defaults(func=cmd_predict)
 
     from .engine.config import add_train_arguments
 
     p = sub.add_parser(
         "train",
-        help="train an image classifier on digits or an ImageFolder dataset (torchrun-ready)",
-        description="Train on 'digits' (embedded) or a folder with train/ and val/ class sub-folders. Options come "
+        help="train a classifier (images, videos) or a segmentation / detection / pose model (torchrun-ready)",
+        description="Train on 'digits' (embedded), a folder with train/ and val/ class sub-folders (images or "
+        "videos), an ADE20K-layout folder (--task segmentation) or a COCO-layout folder (--task detection / pose; "
+        "see docs/dense.md). Options come "
         "from flags and/or --config FILE.yaml (flags win). Checkpoints are written every epoch to RUN_DIR (last, "
         "best); --resume RUN_DIR continues exactly. Scale out with: torchrun --nproc-per-node N -m uniformer.cli "
         "train ...",
@@ -310,17 +346,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="top-1/top-5 accuracy of a run, a saved model or an official checkpoint")
+    p = sub.add_parser("eval", help="accuracy (classification), mIoU (segmentation), box/mask AP (detection) or OKS "
+                                    "AP (pose) of a run, a saved model or an official checkpoint")
     p.add_argument("--checkpoint", required=True, help="run directory (uses best), saved model folder, or weights file")
     p.add_argument("--data", help="'digits' or a dataset folder (default: the run's data)")
     p.add_argument("--model", help="model name, for weights files without config.json")
     p.add_argument("--split", default="val", choices=("train", "val"), help="dataset split (default: val)")
-    p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
+    p.add_argument("--batch-size", type=int, help="batch size (default: 64; dense tasks 2)")
     p.add_argument("--workers", type=int, default=2, help="data-loading workers (default: 2)")
     p.add_argument("--img-size", type=int, help="square input side (default: the checkpoint's recorded size)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     _video_arguments(p)
-    p.add_argument("--skip-bad", action="store_true", help="video: skip unreadable or too-short videos with a warning")
+    p.add_argument("--skip-bad", action="store_true", help="video: skip unreadable or too-short videos with a "
+                                                           "warning; segmentation: skip bad masks")
+    p.add_argument("--inference", choices=("whole", "slide"), help="segmentation: whole-image or sliding-window "
+                                                                   "inference (default: as trained)")
+    p.add_argument("--person-boxes", help="pose: evaluate on these person detections (COCO results JSON) instead "
+                                          "of the ground-truth boxes")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(

@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-from PIL import Image
 
 from . import cli
 from .data import DigitsDataset

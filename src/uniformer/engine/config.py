@@ -29,13 +29,17 @@ class TrainConfig:
     data: str = option("digits", "'digits' (embedded scikit-learn digits) or a folder with train/ and val/ class "
                                  "folders; video: a folder with train.txt/val.txt list files or train/ and val/ "
                                  "class folders of videos")
-    task: Optional[str] = option(None, "image or video (default: from the model)", choices=("image", "video"))
+    task: Optional[str] = option(None, "image, video, segmentation, detection or pose (default: image or video from "
+                                       "the model; the dense tasks take a uniformer_*_dense backbone)",
+                                 choices=("image", "video", "segmentation", "detection", "pose"))
     model: str = option("uniformer_xxs", "model name (see `uniformer models`)")
     model_args: Dict[str, Any] = option({}, "architecture overrides as JSON, e.g. '{\"depth\": [1, 1, 3, 2]}'")
     init_checkpoint: Optional[str] = option(None, "weights to start from (official or ours); heads are re-initialised "
                                                "when the class count differs")
-    img_size: Optional[int] = option(None, "square training/eval side, a multiple of 32 (default: 64 for digits, "
-                                        "the model's pretrained size otherwise)")
+    img_size: Optional[int] = option(None, "a multiple of 32: classification: the square training/eval side (default: "
+                                        "64 for digits, the model's pretrained size otherwise); segmentation: the "
+                                        "crop side (512); detection: the short side (800); pose: the crop height, "
+                                        "width 3/4 of it (256)")
     output: Optional[str] = option(None, "run directory (default: runs/<model>-<data>-<time>)")
     resume: Optional[str] = option(None, "continue the run in this directory exactly where it stopped")
     # schedule and optimisation (timm create_optimizer_v2 / create_scheduler_v2)
@@ -80,6 +84,28 @@ class TrainConfig:
                                            "summing raw logits (logits, the official protocol)",
                                    choices=("prob", "logits"))
     skip_bad: bool = option(False, "video: skip unreadable or too-short videos with a warning instead of stopping")
+    # dense tasks (--task segmentation / detection / pose)
+    head: str = option("fpn", "segmentation head: Semantic FPN (fpn), UperNet with an FCN auxiliary head (upernet) or "
+                              "VT-FPN (vt-fpn)", choices=("fpn", "upernet", "vt-fpn"))
+    head_args: Dict[str, Any] = option({}, "dense heads: keyword overrides as JSON, e.g. '{\"neck_channels\": 128}' "
+                                           "(segmentation), '{\"fpn_channels\": 128}' (detection), "
+                                           "'{\"deconv_channels\": 128}' (pose)")
+    num_classes: Optional[int] = option(None, "segmentation: number of classes when the data folder has no classes.txt")
+    reduce_zero_label: bool = option(False, "segmentation: label 0 means 'other' (ADE20K): ignore it and shift the "
+                                            "other labels down by one")
+    seg_scale: Optional[List[int]] = option(None, "segmentation: rescale target LONG SHORT (keeping the aspect "
+                                                  "ratio) before the random 0.5-2x resize and crop, and for evaluation "
+                                                  "(default: 4*img-size img-size, i.e. 2048 512 as mmseg's ADE20K "
+                                                  "recipe)", nargs=2, metavar=("LONG", "SHORT"))
+    photometric: bool = option(True, "segmentation: random brightness/contrast/saturation/hue in training (mmseg)")
+    inference: str = option("whole", "segmentation: evaluate whole images or sliding img-size windows at 2/3 stride",
+                            choices=("whole", "slide"))
+    max_size: Optional[int] = option(None, "detection: longest image side (default: img-size * 1333 / 800)")
+    pose_aug: bool = option(True, "pose: random scale (+-35%%) and rotation (+-40 degrees, p=0.6), mmpose's COCO "
+                                  "recipe")
+    flip_test: bool = option(True, "pose: average with the mirrored crop at evaluation (shifted heatmaps, mmpose)")
+    person_boxes: Optional[str] = option(None, "pose: person detections (COCO results JSON) to evaluate on instead "
+                                               "of the ground-truth boxes")
     # engineering
     model_ema: bool = option(False, "keep an exponential moving average of the weights (timm ModelEmaV3)")
     model_ema_decay: float = option(0.9998, "EMA decay")
@@ -226,6 +252,23 @@ def validate(config: TrainConfig) -> None:
          f"--frame-stride must be at least 1, got {config.frame_stride}"),
     ]
     parse_views(config.views)
+    dense = config.task in ("segmentation", "detection", "pose")
+    if dense:
+        classification_only = [("--mixup", config.mixup > 0), ("--cutmix", config.cutmix > 0), ("--aa", config.aa),
+                               ("--model-ema", config.model_ema), ("--reprob", config.reprob > 0)]
+        used = [flag for flag, on in classification_only if on]
+        checks.append((not used, f"{', '.join(used)} {'applies' if len(used) == 1 else 'apply'} only to "
+                                 f"classification, not to --task {config.task}"))
+        checks.append((config.data != "digits", f"digits is a classification dataset; --task {config.task} needs "
+                                                 "--data with a dataset folder"))
+    checks += [
+        (config.num_classes is None or 1 <= config.num_classes <= 255,
+         f"--num-classes must be in 1..255, got {config.num_classes}"),
+        (config.seg_scale is None or min(config.seg_scale) >= 1,
+         f"--seg-scale needs two positive sides, got {config.seg_scale}"),
+        (config.max_size is None or config.max_size >= (config.img_size or 800),
+         f"--max-size must be at least the short side ({config.img_size or 800}), got {config.max_size}"),
+    ]
     for ok, message in checks:
         if not ok:
             raise ValueError(message)

@@ -90,10 +90,18 @@ def plot_run(run_dir: Union[str, os.PathLike], output: Optional[Union[str, os.Pa
         raise ValueError(f"{run_dir / 'metrics.csv'} has no finished epoch yet")
     epochs = [r["epoch"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    classification = any("val_acc1" in r for r in rows)
+    if classification:
+        scores = [("train_acc1", "train"), ("val_acc1", "val top-1"), ("val_acc5", "val top-5"),
+                  ("ema_val_acc1", "EMA val top-1")]
+        primary, score_title = "val_acc1", "accuracy (%)"
+    else:  # dense tasks: every validation metric, the first (mIoU, bbox_AP, AP) being the one 'best' follows
+        keys = [k for k in rows[0] if k.startswith("val_") and k != "val_loss"]
+        scores = [(k, k[4:]) for k in keys]
+        primary, score_title = (keys[0] if keys else "val_acc1"), "validation metrics"
     panels = [
         ("loss", [("train_loss", "train"), ("val_loss", "val")], False),
-        ("accuracy (%)", [("train_acc1", "train"), ("val_acc1", "val top-1"), ("val_acc5", "val top-5"),
-                          ("ema_val_acc1", "EMA val top-1")], False),
+        (score_title, scores, False),
         ("learning rate", [("lr", "lr")], True),
     ]
     for ax, (title, series, log) in zip(axes, panels):
@@ -106,8 +114,10 @@ def plot_run(run_dir: Union[str, os.PathLike], output: Optional[Union[str, os.Pa
         if log:
             ax.set_yscale("log")
         ax.legend()
-    best = max(rows, key=lambda r: r.get("val_acc1", float("-inf")))
-    fig.suptitle(f"{run_dir.name}: best val top-1 {best.get('val_acc1', float('nan')):.2f}% at epoch {int(best['epoch'])}")
+    best = max(rows, key=lambda r: r.get(primary, float("-inf")))
+    what = "top-1" if classification else primary[4:]
+    fig.suptitle(f"{run_dir.name}: best val {what} {best.get(primary, float('nan')):.2f}"
+                 f"{'%' if classification else ''} at epoch {int(best['epoch'])}")
     fig.tight_layout()
     out = Path(output) if output else run_dir / "curves.png"
     with atomic_path(out) as tmp:

@@ -14,7 +14,7 @@ import time
 from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _seed_worker(worker_id: int) -> None:
+def seed_worker(worker_id: int) -> None:
     """NumPy and Python RNGs of a DataLoader worker follow torch's per-worker seed (timm augmentations use them)."""
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
@@ -52,7 +52,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def _autocast(config: TrainConfig, device: torch.device):
+def autocast_context(config: TrainConfig, device: torch.device):
     if not config.amp:
         return nullcontext()
     dtype = getattr(torch, config.amp_dtype) if config.amp_dtype else (
@@ -232,7 +232,18 @@ def evaluate(
 
 def _eval_loader(dataset, batch_size: int, workers: int, ctx: DistContext) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), ctx.rank, ctx.world_size),
-                      num_workers=workers, worker_init_fn=_seed_worker, pin_memory=ctx.device.type == "cuda")
+                      num_workers=workers, worker_init_fn=seed_worker, pin_memory=ctx.device.type == "cuda")
+
+
+def run_data(checkpoint: str, path: Path) -> str:
+    """The ``--data`` of the training run a checkpoint belongs to (its ``config.yaml``)."""
+    from .config import load_yaml
+
+    run_config = next((p / "config.yaml" for p in (Path(checkpoint), path.resolve().parent.parent)
+                       if (p / "config.yaml").is_file()), None)
+    if run_config is None:
+        raise ValueError("pass --data: the checkpoint is not inside a training run directory")
+    return load_yaml(run_config)["data"]
 
 
 def evaluate_checkpoint(
@@ -260,15 +271,10 @@ def evaluate_checkpoint(
 
     from ..cli import load_model_for_inference
     from ..models.uniformer_video import video_protocol
-    from .config import load_yaml
 
     path = resolve_checkpoint_path(checkpoint)
     if data is None:
-        run_config = next((p / "config.yaml" for p in (Path(checkpoint), path.resolve().parent.parent)
-                           if (p / "config.yaml").is_file()), None)
-        if run_config is None:
-            raise ValueError("pass --data: the checkpoint is not inside a training run directory")
-        data = load_yaml(run_config)["data"]
+        data = run_data(checkpoint, path)
     ctx = init_distributed(device)
     try:
         model = load_model_for_inference(model_name, str(path), num_classes=None)
@@ -295,20 +301,129 @@ def evaluate_checkpoint(
 
 
 # -------------------------------------------------------------------------------------------------- training
-def _default_output(config: TrainConfig) -> str:
+def default_output(config: TrainConfig) -> str:
     data = "digits" if config.data == DIGITS else Path(config.data).name
     return str(Path("runs") / f"{config.model}-{data}-{datetime.now():%Y%m%d-%H%M%S}")
 
 
-def _progress(config: TrainConfig, ctx: DistContext, total: int, desc: str):
+def progress_bar(config: TrainConfig, ctx: DistContext, total: int, desc: str):
     from tqdm import tqdm
 
     enabled = ctx.is_main and (config.progress if config.progress is not None else sys.stderr.isatty())
     return tqdm(total=total, desc=desc, unit="batch", disable=not enabled, dynamic_ncols=True, leave=False)
 
 
+
+# ------------------------------------------------------------------------- pieces shared with the dense-task loop
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """timm ``create_optimizer_v2`` (no weight decay on norms, biases and ``no_weight_decay()`` parameters)."""
+    from timm.optim import create_optimizer_v2
+
+    extra = ({"eps": config.opt_eps} if "adam" in config.opt else
+             {"momentum": config.momentum} if config.opt in ("sgd", "momentum") else {})
+    return create_optimizer_v2(model, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay, **extra)
+
+
+def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, updates_per_epoch: int):
+    """timm ``create_scheduler_v2``, stepped per update (``step_update``) and per epoch (``step``)."""
+    from timm.scheduler import create_scheduler_v2
+
+    scheduler, _ = create_scheduler_v2(optimizer, sched=config.sched, num_epochs=config.epochs,
+                                       warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr,
+                                       min_lr=config.min_lr, step_on_epochs=False,
+                                       updates_per_epoch=updates_per_epoch)
+    return scheduler
+
+
+def make_scaler(config: TrainConfig, ctx: DistContext):
+    """A gradient scaler for fp16 autocast on CUDA; None otherwise (bf16 and fp32 need none)."""
+    from timm.utils import NativeScaler
+
+    use = config.amp and ctx.device.type == "cuda" and (config.amp_dtype or "float16") == "float16"
+    return NativeScaler(device="cuda") if use else None
+
+
+def restore_training_state(state: Dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                           scaler: Any, ema: Optional[nn.Module], config: TrainConfig,
+                           log: Callable[[str], None]) -> int:
+    """Load a ``last`` checkpoint's weights, optimiser, schedule, scaler, EMA and RNG state; returns the epoch to
+    start from."""
+    if getattr(model, "task_config", None) is not None:  # dense task models: names as saved
+        from ..checkpoint import load_task_weights
+
+        load_task_weights(model, state["path"])
+    else:
+        load_checkpoint(model, state["path"])
+    optimizer.load_state_dict(state["optimizer"])
+    if state["config"]["epochs"] == config.epochs:
+        scheduler.load_state_dict(state["scheduler"])
+    else:  # the saved state would keep the old length; the schedule is a function of (step, options) anyway
+        log(f"learning-rate schedule recomputed for {config.epochs} epochs (was {state['config']['epochs']})")
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    if ema is not None and state.get("ema"):
+        ema.load_state_dict(state["ema"])
+    set_rng_state(state["rng"])
+    return int(state["epoch"]) + 1
+
+
+def place_model(model: nn.Module, config: TrainConfig, ctx: DistContext,
+                memory_format: torch.memory_format = torch.channels_last) -> nn.Module:
+    """The model on its device, in ``memory_format`` with ``--channels-last``, with SyncBatchNorm if asked."""
+    model.to(ctx.device)
+    if config.channels_last:
+        model.to(memory_format=memory_format)
+    if config.sync_bn and ctx.distributed:
+        if ctx.device.type != "cuda":
+            raise ValueError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm is GPU-only); on the CPU each "
+                             "process keeps its own BatchNorm statistics")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+def check_finite(loss: torch.Tensor, epoch: int, step: int, run: RunDir) -> None:
+    """Stop on a NaN/inf loss, naming the step; the last good checkpoint stays as it is."""
+    if not math.isfinite(loss.item()):
+        raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}: stopping; the last "
+                                 f"good checkpoint ({run.pointer('last') or 'none yet'}) is intact")
+
+
+def optimizer_step(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
+                   config: TrainConfig) -> None:
+    """Backward, optional gradient clipping, optimiser step (through the scaler for fp16)."""
+    from timm.utils import dispatch_clip_grad
+
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler(loss, optimizer, clip_grad=config.clip_grad, clip_mode=config.clip_mode, parameters=model.parameters())
+        return
+    loss.backward()
+    if config.clip_grad is not None:
+        dispatch_clip_grad(model.parameters(), config.clip_grad, mode=config.clip_mode)
+    optimizer.step()
+
+
+def wrap_distributed(model: nn.Module, ctx: DistContext, find_unused_parameters: bool = False) -> nn.Module:
+    """DistributedDataParallel under torchrun, the model itself otherwise."""
+    if not ctx.distributed:
+        return model
+    # depthwise-conv grads come back channels_last; layouts of size-1 dims are irrelevant to DDP's buckets
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    return nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+                                               find_unused_parameters=find_unused_parameters)
+
+
 def train(config: TrainConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """Train ``config.model`` on ``config.data``; returns the final summary (best accuracy, run directory, …)."""
+    """Train ``config.model`` on ``config.data``; returns the final summary (best accuracy, run directory, …).
+    ``--task segmentation|detection|pose`` runs :func:`uniformer.engine.dense.train_dense` instead."""
+    from ..tasks.build import DENSE_TASKS
+
+    if config.task in DENSE_TASKS:
+        from .dense import train_dense
+
+        return train_dense(config, log)
+    if config.model.split(".")[0].endswith("_dense"):
+        raise ValueError(f"{config.model} is a dense-prediction backbone: pass --task segmentation, detection or pose")
     ctx = init_distributed(config.device)
     try:
         return _train(config, ctx, log if ctx.is_main else (lambda _msg: None))
@@ -319,13 +434,11 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> Dict[str, 
 def _train(config: TrainConfig, ctx: DistContext, log: Callable[[str], None]) -> Dict[str, Any]:
     from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import create_scheduler_v2
-    from timm.utils import ModelEmaV3, NativeScaler, dispatch_clip_grad
+    from timm.utils import ModelEmaV3
 
     if (config.mixup > 0 or config.cutmix > 0) and config.batch_size % 2:
         raise ValueError(f"Mixup/CutMix need an even --batch-size, got {config.batch_size}")
-    run = RunDir(config.resume or config.output or _default_output(config))
+    run = RunDir(config.resume or config.output or default_output(config))
     resume_state = run.load_training_state() if config.resume else None
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -354,29 +467,17 @@ def _train(config: TrainConfig, ctx: DistContext, log: Callable[[str], None]) ->
         init_weights(model, config.init_checkpoint, log)
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    model.to(ctx.device)
     memory_format = torch.channels_last_3d if task == "video" else torch.channels_last
-    if config.channels_last:
-        model.to(memory_format=memory_format)
-    if config.sync_bn and ctx.distributed:
-        if ctx.device.type != "cuda":
-            raise ValueError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm is GPU-only); on the CPU each "
-                             "process keeps its own BatchNorm statistics")
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = place_model(model, config, ctx, memory_format)
 
-    optimizer = create_optimizer_v2(model, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay,
-                                    **({"eps": config.opt_eps} if "adam" in config.opt else {"momentum": config.momentum}
-                                       if config.opt in ("sgd", "momentum") else {}))
+    optimizer = make_optimizer(config, model)
     sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
                                  seed=config.seed, drop_last=True)
     train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
-                              worker_init_fn=_seed_worker, drop_last=True, pin_memory=ctx.device.type == "cuda",
+                              worker_init_fn=seed_worker, drop_last=True, pin_memory=ctx.device.type == "cuda",
                               persistent_workers=False)
     val_loader = _eval_loader(val_set, config.batch_size, config.workers, ctx)
-    scheduler, _ = create_scheduler_v2(optimizer, sched=config.sched, num_epochs=config.epochs,
-                                       warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr,
-                                       min_lr=config.min_lr, step_on_epochs=False,
-                                       updates_per_epoch=len(train_loader))
+    scheduler = make_scheduler(config, optimizer, len(train_loader))
     ema = ModelEmaV3(model, decay=config.model_ema_decay, use_warmup=config.model_ema_warmup) if config.model_ema else None
     mixup_fn = None
     if config.mixup > 0 or config.cutmix > 0:
@@ -388,38 +489,21 @@ def _train(config: TrainConfig, ctx: DistContext, log: Callable[[str], None]) ->
         criterion = LabelSmoothingCrossEntropy(smoothing=config.smoothing)
     else:
         criterion = nn.CrossEntropyLoss()
-    use_scaler = config.amp and ctx.device.type == "cuda" and (config.amp_dtype or "float16") == "float16"
-    scaler = NativeScaler(device="cuda") if use_scaler else None
+    scaler = make_scaler(config, ctx)
 
     start_epoch, best_acc1, best_epoch = 0, -1.0, -1
     if resume_state is not None:
-        load_checkpoint(model, resume_state["path"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        if resume_state["config"]["epochs"] == config.epochs:
-            scheduler.load_state_dict(resume_state["scheduler"])
-        else:  # the saved state would keep the old length; the schedule is a function of (step, options) anyway
-            log(f"learning-rate schedule recomputed for {config.epochs} epochs "
-                f"(was {resume_state['config']['epochs']})")
-        if scaler is not None and resume_state.get("scaler"):
-            scaler.load_state_dict(resume_state["scaler"])
-        if ema is not None and resume_state.get("ema"):
-            ema.load_state_dict(resume_state["ema"])
-        start_epoch = int(resume_state["epoch"]) + 1
+        start_epoch = restore_training_state(resume_state, model, optimizer, scheduler, scaler, ema, config, log)
         best_acc1, best_epoch = float(resume_state["best_acc1"]), int(resume_state["best_epoch"])
-        set_rng_state(resume_state["rng"])
         log(f"resumed {run.root} after epoch {start_epoch} (best val top-1 {best_acc1:.2f}% at epoch {best_epoch + 1})")
     else:
         torch.manual_seed(config.seed + ctx.rank)  # augmentation streams differ between ranks
     if ctx.is_main:
         run.root.mkdir(parents=True, exist_ok=True)
-        save_yaml(_with_output(config, run.root), run.config_file)
+        save_yaml(with_output(config, run.root), run.config_file)
     metrics = MetricsLogger(run.root, resume_epoch=start_epoch if resume_state else None) if ctx.is_main else None
-    train_model: nn.Module = model
-    if ctx.distributed:
-        # depthwise-conv grads come back channels_last; layouts of size-1 dims are irrelevant to DDP's buckets
-        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-    autocast = lambda: _autocast(config, ctx.device)  # noqa: E731
+    train_model = wrap_distributed(model, ctx)
+    autocast = lambda: autocast_context(config, ctx.device)  # noqa: E731
     params = sum(p.numel() for p in model.parameters())
     if start_epoch == 0:
         unit = "videos" if task == "video" else "images"
@@ -433,7 +517,7 @@ def _train(config: TrainConfig, ctx: DistContext, log: Callable[[str], None]) ->
         train_model.train()
         t0 = time.perf_counter()
         loss_sum = correct = seen = 0.0
-        bar = _progress(config, ctx, len(train_loader), f"epoch {epoch + 1}/{config.epochs}")
+        bar = progress_bar(config, ctx, len(train_loader), f"epoch {epoch + 1}/{config.epochs}")
         try:
             for step, (x, y) in enumerate(train_loader):
                 x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
@@ -446,19 +530,8 @@ def _train(config: TrainConfig, ctx: DistContext, log: Callable[[str], None]) ->
                     x = x.reshape(shape)
                 with autocast():
                     loss, logits = compute_loss(train_model(x), y, criterion, config.smoothing)
-                if not math.isfinite(loss.item()):
-                    raise FloatingPointError(
-                        f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}: stopping; the last good "
-                        f"checkpoint ({run.pointer('last') or 'none yet'}) is intact")
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler(loss, optimizer, clip_grad=config.clip_grad, clip_mode=config.clip_mode,
-                           parameters=model.parameters())
-                else:
-                    loss.backward()
-                    if config.clip_grad is not None:
-                        dispatch_clip_grad(model.parameters(), config.clip_grad, mode=config.clip_mode)
-                    optimizer.step()
+                check_finite(loss, epoch, step, run)
+                optimizer_step(loss, model, optimizer, scaler, config)
                 num_updates += 1
                 scheduler.step_update(num_updates=num_updates)
                 if ema is not None:
@@ -508,7 +581,7 @@ def _train(config: TrainConfig, ctx: DistContext, log: Callable[[str], None]) ->
     return dict(best_acc1=best_acc1, best_epoch=best_epoch + 1, run_dir=str(run.root), classes=classes)
 
 
-def _with_output(config: TrainConfig, root: Path) -> TrainConfig:
+def with_output(config: TrainConfig, root: Path) -> TrainConfig:
     import dataclasses
 
     return dataclasses.replace(config, output=str(root), resume=None)

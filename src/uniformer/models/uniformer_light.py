@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
-from ..layers import ConvStem, HourglassBlock, PatchEmbed, PruneState, initial_prune_state, validate_prune_schedule
+from ..layers import ConvStem, HourglassBlock, PatchEmbed, initial_prune_state, validate_prune_schedule
 from .uniformer import UniFormer, create_uniformer, image_cfg, per_stage
 
 __all__ = ["UniFormerLight", "default_prune_schedule"]

@@ -7,7 +7,7 @@ it (:func:`load_torchvision_trunk`). Design decisions for the paper's ambiguitie
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Union
 
 import torch
 import torch.nn as nn

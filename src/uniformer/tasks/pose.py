@@ -38,6 +38,7 @@ __all__ = [
     "box_to_center_scale",
     "affine_matrix",
     "gaussian_heatmaps",
+    "person_crop",
     "CocoKeypoints",
     "decode_heatmaps",
     "flip_back",
@@ -188,6 +189,14 @@ def _warp(img: Image.Image, matrix: np.ndarray, output_size: Tuple[int, int]) ->
     inv = half @ np.linalg.inv(matrix) @ np.linalg.inv(half)
     return img.transform((output_size[1], output_size[0]), Image.Transform.AFFINE, tuple(inv[:2].reshape(-1)),
                          resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0))
+
+
+def person_crop(img: Image.Image, matrix: np.ndarray, input_size: Tuple[int, int], mean: torch.Tensor,
+                std: torch.Tensor) -> torch.Tensor:
+    """The normalised (3, H, W) network input for one person: ``img`` warped through ``matrix`` (see
+    :func:`affine_matrix`) to ``input_size`` (H, W), scaled to [0, 1] and normalised with ``mean``/``std`` (3, 1, 1)."""
+    crop = _warp(img, matrix, input_size)
+    return (pil_to_tensor(crop).float() / 255.0 - mean) / std
 
 
 def gaussian_heatmaps(joints: np.ndarray, visible: np.ndarray, heatmap_size: Tuple[int, int],
@@ -354,8 +363,7 @@ class CocoKeypoints(Dataset):
             rotation = float(np.clip(torch.randn(()).item() * rf, -2 * rf, 2 * rf))
         flipped = self.flip_prob > 0 and torch.rand(()).item() < self.flip_prob
         matrix = affine_matrix(center, scale, self.input_size, rotation, info["width"] if flipped else None)
-        crop = _warp(img, matrix, self.input_size)
-        image = (pil_to_tensor(crop).float() / 255.0 - self.mean) / self.std
+        image = person_crop(img, matrix, self.input_size, self.mean, self.std)
 
         joints = s["joints"].copy()
         if flipped:

@@ -1,0 +1,562 @@
+"""The dense tasks in the engine: semantic segmentation, detection / instance segmentation and top-down pose.
+
+Each task is a :class:`DenseTask`: where its data lives on disk (ADE20K layout, COCO layout), the datasets and their
+transforms, the training loss of one batch, the validation metrics (mIoU through the dataset-level metric, box/mask
+AP and OKS AP through pycocotools) and the prediction overlay. :func:`train_dense` is the training loop (the same
+optimiser, schedule, checkpoints, resume, ``torchrun`` support and progress output as image classification);
+:func:`evaluate_task_checkpoint` re-scores a saved run and :func:`predict_task_images` writes overlay PNGs.
+
+Data layouts (``--data ROOT``):
+
+- segmentation: ``ROOT/images/{training,validation}/*.jpg`` + ``ROOT/annotations/{training,validation}/*.png``
+  (``train``/``val`` also accepted), class names in ``ROOT/classes.txt`` (else pass ``--num-classes``);
+- detection: ``ROOT/annotations/instances_{train,val}*.json`` with the images in the folder named like the JSON's
+  suffix (COCO: ``instances_train2017.json`` → ``ROOT/train2017/``), else ``ROOT/{train,val}/``;
+- pose: the same with ``person_keypoints_{train,val}*.json``.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from .checkpointing import RunDir
+from .config import TrainConfig, save_yaml
+from .distributed import DistContext, ShardSampler, init_distributed
+
+__all__ = ["DenseTask", "SegmentationTask", "DetectionTask", "PoseTask", "TASK_CLASSES", "task_data_config",
+           "coco_split", "train_dense", "evaluate_task_checkpoint", "predict_task_images", "format_metrics"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# ------------------------------------------------------------------------------------------------ data layouts
+def _data_root(data: str) -> Path:
+    root = Path(data)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder not found: {root}")
+    return root
+
+
+def seg_split(root: Path, split: str) -> str:
+    """The ADE20K split folder name for ``train``/``val`` (``training``/``validation``, or the plain names)."""
+    names = {"train": ("training", "train"), "val": ("validation", "val")}.get(split, (split,))
+    return next((n for n in names if (root / "images" / n).is_dir()), names[0])
+
+
+def coco_split(root: Path, split: str, task: str) -> Tuple[Path, Path]:
+    """(images folder, annotation JSON) of a COCO-layout split (see the module docstring)."""
+    prefix = "person_keypoints" if task == "pose" else "instances"
+    ann_dir = root / "annotations"
+    found = sorted(ann_dir.glob(f"{prefix}_{split}*.json")) if ann_dir.is_dir() else []
+    if not found:
+        raise FileNotFoundError(f"no annotation file {ann_dir / f'{prefix}_{split}*.json'} (expected the COCO layout: "
+                                f"annotations/{prefix}_{split}2017.json with the images in {split}2017/)")
+    if len(found) > 1:
+        raise ValueError(f"several {split} annotation files in {ann_dir}: {', '.join(p.name for p in found)}; keep one")
+    ann = found[0]
+    name = ann.stem[len(prefix) + 1:]
+    for images in (root / name, root / "images" / name, root / split, root / "images" / split):
+        if images.is_dir():
+            return images, ann
+    raise FileNotFoundError(f"no image folder for {ann.name}: expected {root / name}/ (or {root / split}/)")
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+def gather(items: List[Any], ctx: DistContext) -> List[Any]:
+    """Concatenate a per-rank list over all ranks (every rank gets the whole list)."""
+    if not ctx.distributed:
+        return items
+    parts: List[Any] = [None] * ctx.world_size
+    dist.all_gather_object(parts, items)
+    return [x for part in parts for x in part]
+
+
+def _to(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to(v, device) for v in batch)
+    return batch
+
+
+def format_metrics(metrics: Mapping[str, float], names: Sequence[str]) -> str:
+    return "  ".join(f"{k} {metrics[k]:.2f}" for k in names if k in metrics)
+
+
+def _eval_loader(dataset: Dataset, batch_size: int, workers: int, ctx: DistContext,
+                 collate_fn: Optional[Callable] = None) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), ctx.rank, ctx.world_size),
+                      num_workers=workers, collate_fn=collate_fn, pin_memory=ctx.device.type == "cuda")
+
+
+# -------------------------------------------------------------------------------------------------------- tasks
+class DenseTask:
+    """What the engine needs from a dense task. ``data_config`` holds the data options (resolved by
+    :func:`task_data_config` at training time and saved with every checkpoint, so evaluation repeats them)."""
+
+    name = ""
+    metric = ""  # the primary validation metric (higher is better); picks the 'best' checkpoint
+    shown: Tuple[str, ...] = ()  # metrics printed in the epoch summary
+    collate_fn: Optional[Callable] = None
+
+    def __init__(self, data_config: Mapping[str, Any], data: Optional[str] = None, skip_bad: bool = False) -> None:
+        self.data_config = dict(data_config)
+        self._data, self.skip_bad = data, skip_bad
+
+    @property
+    def root(self) -> Path:
+        """The dataset folder (``--data``)."""
+        if self._data is None:
+            raise ValueError("pass --data: this task model was not given a dataset folder")
+        return _data_root(self._data)
+
+    def dataset(self, split: str, train: bool) -> Dataset:
+        raise NotImplementedError
+
+    def classes(self, dataset: Dataset) -> List[str]:
+        """Output names: classes (segmentation, detection) or joints (pose)."""
+        return list(dataset.classes)
+
+    def loss(self, train_model: nn.Module, model: nn.Module, batch: Any) -> Tuple[torch.Tensor, int]:
+        """(loss, number of samples) of one training batch already on the device."""
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, dataset: Dataset, ctx: DistContext, batch_size: int,
+                 workers: int) -> Dict[str, float]:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return ""
+
+    def predict(self, model: nn.Module, image: Path, output: Path, **options: Any) -> str:
+        raise NotImplementedError
+
+
+class SegmentationTask(DenseTask):
+    name, metric, shown = "segmentation", "mIoU", ("mIoU", "mAcc", "aAcc")
+
+    def dataset(self, split: str, train: bool) -> Dataset:
+        from ..tasks.segmentation import SegEvalTransform, SegmentationDataset, SegTrainTransform
+
+        c = self.data_config
+        norm = dict(mean=c["mean"], std=c["std"])
+        transform = (SegTrainTransform(crop_size=c["crop_size"], scale=c["scale"], ratio_range=c["ratio_range"],
+                                       cat_max_ratio=c["cat_max_ratio"], hflip=c["hflip"],
+                                       photometric=c["photometric"], **norm)
+                     if train else SegEvalTransform(scale=c["scale"], **norm))
+        return SegmentationDataset(self.root, seg_split(self.root, split), num_classes=c.get("num_classes"),
+                                   reduce_zero_label=c["reduce_zero_label"], transform=transform,
+                                   skip_bad=self.skip_bad)
+
+    def loss(self, train_model: nn.Module, model: nn.Module, batch: Any) -> Tuple[torch.Tensor, int]:
+        images, masks = batch
+        return model.loss(train_model(images), masks), len(images)
+
+    def _predict(self, model: nn.Module, image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        from ..tasks.segmentation import predict_mask
+
+        c = self.data_config
+        return predict_mask(model, image, size, mode=c["inference"], num_classes=model.num_classes,
+                            crop=c["crop_size"], stride=c["slide_stride"])
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, dataset: Dataset, ctx: DistContext, batch_size: int,
+                 workers: int) -> Dict[str, float]:
+        from ..tasks.segmentation import SegmentationMetric
+
+        metric = SegmentationMetric(model.num_classes)
+        model.eval()
+        for image, mask in _eval_loader(dataset, 1, workers, ctx):  # images keep their own sizes
+            pred = self._predict(model, image.to(ctx.device), mask.shape[-2:])
+            metric.update(pred.cpu(), mask[0])
+        if ctx.distributed:
+            for name in ("area_intersect", "area_union", "area_pred", "area_label"):
+                total = getattr(metric, name).to(ctx.device if ctx.device.type == "cuda" else "cpu")
+                dist.all_reduce(total)
+                setattr(metric, name, total.cpu())
+        result = metric.compute()
+        if math.isnan(result["mIoU"]):
+            raise ValueError("the validation masks have no labelled pixel (everything is 255 = ignore)")
+        return {k: float(result[k]) for k in self.shown}
+
+    def describe(self) -> str:
+        h, w = self.data_config["crop_size"]
+        return f"crops {h}x{w}, {self.data_config['inference']} inference"
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, image: Path, output: Path, **options: Any) -> str:
+        from ..data import load_image
+        from ..tasks.segmentation import SegEvalTransform, save_overlay
+
+        c = self.data_config
+        img = load_image(image)
+        x, _ = SegEvalTransform(scale=c["scale"], mean=c["mean"], std=c["std"])(
+            img, np.zeros((img.height, img.width), dtype=np.uint8))
+        mask = self._predict(model.eval(), x, (img.height, img.width))
+        save_overlay(img, mask, output)
+        names = model.task_config.get("label_names") or [str(i) for i in range(model.num_classes)]
+        counts = torch.bincount(mask.flatten(), minlength=model.num_classes)
+        top = [(int(i), 100.0 * float(counts[i]) / mask.numel()) for i in counts.argsort(descending=True)[:5]
+               if counts[i] > 0]
+        return ", ".join(f"{names[i]} {share:.1f}%" for i, share in top)
+
+
+class DetectionTask(DenseTask):
+    name, metric = "detection", "bbox_AP"
+    shown = ("bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50")
+
+    @staticmethod
+    def collate_fn(batch):  # noqa: D102  (images differ in size: lists, as Mask R-CNN takes them)
+        from ..tasks.detection import collate_fn
+
+        return collate_fn(batch)
+
+    def dataset(self, split: str, train: bool) -> Dataset:
+        from ..tasks.detection import CocoDetection, RandomHorizontalFlip
+
+        images, ann = coco_split(self.root, split, self.name)
+        flip = RandomHorizontalFlip(self.data_config["hflip"]) if train and self.data_config["hflip"] > 0 else None
+        return CocoDetection(images, ann, transforms=flip, skip_bad=self.skip_bad)
+
+    def loss(self, train_model: nn.Module, model: nn.Module, batch: Any) -> Tuple[torch.Tensor, int]:
+        images, targets = batch
+        losses = train_model(images, targets)
+        return sum(losses.values()), len(images)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, dataset: Dataset, ctx: DistContext, batch_size: int,
+                 workers: int) -> Dict[str, float]:
+        from ..tasks.detection import coco_results, evaluate_coco
+
+        model.eval()
+        results: List[Dict[str, Any]] = []
+        for images, targets in _eval_loader(dataset, batch_size, workers, ctx, self.collate_fn):
+            outputs = model([im.to(ctx.device) for im in images])
+            results += coco_results(outputs, [int(t["image_id"]) for t in targets], dataset.label_to_cat_id)
+        return evaluate_coco(dataset.coco, gather(results, ctx), img_ids=dataset.ids)
+
+    def describe(self) -> str:
+        return f"short side {self.data_config['min_size']} (long side <= {self.data_config['max_size']})"
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, image: Path, output: Path, score_threshold: float = 0.5,
+                **options: Any) -> str:
+        from torchvision.transforms.functional import pil_to_tensor
+
+        from ..data import load_image
+        from ..tasks.detection import save_detection_overlay
+
+        img = load_image(image)
+        pred = model.eval()([pil_to_tensor(img).float() / 255.0])[0]
+        names = model.task_config.get("label_names")
+        save_detection_overlay(img, pred, output, class_names=names, score_threshold=score_threshold)
+        keep = pred["scores"] >= score_threshold
+        found = [f"{names[int(l) - 1] if names else int(l)} {float(s):.2f}"
+                 for l, s in zip(pred["labels"][keep], pred["scores"][keep])]
+        return f"{len(found)} detection(s) with score >= {score_threshold}" + (f": {', '.join(found[:10])}"
+                                                                               if found else "")
+
+
+class PoseTask(DenseTask):
+    name, metric, shown = "pose", "AP", ("AP", "AP50", "AP75", "AR")
+
+    def dataset(self, split: str, train: bool) -> Dataset:
+        from ..tasks.pose import CocoKeypoints
+
+        c = self.data_config
+        images, ann = coco_split(self.root, split, self.name)
+        boxes = None if train else c.get("person_boxes")
+        return CocoKeypoints(images, ann, input_size=tuple(c["input_size"]), sigma=c["sigma"], train=train,
+                             use_gt_boxes=boxes is None, person_boxes_json=boxes, skip_bad=self.skip_bad,
+                             flip_prob=c["hflip"], scale_factor=c["scale_factor"],
+                             rotation_factor=c["rotation_factor"], mean=c["mean"], std=c["std"])
+
+    def classes(self, dataset: Dataset) -> List[str]:
+        from ..tasks.pose import COCO_KEYPOINT_NAMES
+
+        cat = dataset.coco.cats[dataset.person_cat_ids[0]]
+        names = list(cat.get("keypoints") or COCO_KEYPOINT_NAMES)
+        if len(names) != len(COCO_KEYPOINT_NAMES):
+            raise ValueError(f"{dataset.annotation_json}: category {cat.get('name', '?')!r} lists {len(names)} "
+                             f"keypoints; the COCO keypoint format (flip pairs, skeleton) has "
+                             f"{len(COCO_KEYPOINT_NAMES)}")
+        return names
+
+    def loss(self, train_model: nn.Module, model: nn.Module, batch: Any) -> Tuple[torch.Tensor, int]:
+        from ..tasks.pose import heatmap_loss
+
+        images, heatmaps, weights, _meta = batch
+        return heatmap_loss(train_model(images), heatmaps, weights), len(images)
+
+    def _heatmaps(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        from ..tasks.pose import flip_test
+
+        return flip_test(model, images) if self.data_config["flip_test"] else model(images)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, dataset: Dataset, ctx: DistContext, batch_size: int,
+                 workers: int) -> Dict[str, float]:
+        from ..tasks.pose import decode_heatmaps, evaluate_keypoints, keypoint_results
+
+        model.eval()
+        results: List[Dict[str, Any]] = []
+        for images, _hm, _w, meta in _eval_loader(dataset, batch_size, workers, ctx):
+            heatmaps = self._heatmaps(model, images.to(ctx.device))
+            keypoints, maxvals = decode_heatmaps(heatmaps, meta["center"], meta["scale"])
+            results += keypoint_results(keypoints, maxvals, meta["image_id"].tolist(), meta["score"].tolist(),
+                                        category_id=dataset.person_cat_ids[0])
+        return evaluate_keypoints(dataset.coco, gather(results, ctx), img_ids=sorted(dataset.coco.getImgIds()))
+
+    def describe(self) -> str:
+        h, w = self.data_config["input_size"]
+        return f"person crops {h}x{w}, flip test {'on' if self.data_config['flip_test'] else 'off'}"
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, image: Path, output: Path, boxes: Optional[Sequence[Sequence[float]]] = None,
+                **options: Any) -> str:
+        from ..data import load_image
+        from ..tasks.pose import affine_matrix, box_to_center_scale, decode_heatmaps, person_crop, save_pose_overlay
+
+        c = self.data_config
+        img = load_image(image)
+        boxes = [list(b) for b in boxes] if boxes else [[0.0, 0.0, float(img.width), float(img.height)]]
+        size = tuple(c["input_size"])
+        mean = torch.tensor(c["mean"]).view(3, 1, 1)
+        std = torch.tensor(c["std"]).view(3, 1, 1)
+        centers, scales, crops = [], [], []
+        for box in boxes:
+            if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
+                raise ValueError(f"a person box is X Y W H with positive W and H, got {box}")
+            center, scale = box_to_center_scale(box, size[1] / size[0])
+            centers.append(center)
+            scales.append(scale)
+            crops.append(person_crop(img, affine_matrix(center, scale, size), size, mean, std))
+        heatmaps = self._heatmaps(model.eval(), torch.stack(crops))
+        keypoints, maxvals = decode_heatmaps(heatmaps, np.stack(centers), np.stack(scales))
+        save_pose_overlay(img, torch.cat([keypoints, maxvals], dim=-1), output)
+        return f"{len(boxes)} person(s), mean keypoint score {float(maxvals.mean()):.2f}"
+
+
+TASK_CLASSES: Dict[str, type] = {t.name: t for t in (SegmentationTask, DetectionTask, PoseTask)}
+
+
+def task_data_config(config: TrainConfig) -> Dict[str, Any]:
+    """The data options of a dense training run, defaults resolved (saved with every checkpoint)."""
+    hflip = 0.5 if config.hflip is None else float(config.hflip)
+    norm = dict(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
+    if config.task == "segmentation":
+        crop = config.img_size or 512
+        scale = list(config.seg_scale) if config.seg_scale else [4 * crop, crop]  # (2048, 512) at 512 (mmseg ADE20K)
+        return dict(crop_size=[crop, crop], scale=scale, ratio_range=[0.5, 2.0], cat_max_ratio=0.75, hflip=hflip,
+                    photometric=config.photometric, reduce_zero_label=config.reduce_zero_label,
+                    num_classes=config.num_classes, inference=config.inference,
+                    slide_stride=[2 * crop // 3, 2 * crop // 3], **norm)
+    if config.task == "detection":
+        short = config.img_size or 800
+        return dict(min_size=short, max_size=config.max_size or round(short * 1333 / 800), hflip=hflip)
+    height = config.img_size or 256
+    return dict(input_size=[height, height * 3 // 4], sigma=2.0 * height / 256, hflip=hflip,
+                scale_factor=0.35 if config.pose_aug else 0.0, rotation_factor=40.0 if config.pose_aug else 0.0,
+                flip_test=config.flip_test, person_boxes=config.person_boxes, **norm)
+
+
+# ------------------------------------------------------------------------------------------------------ training
+def _init_task_weights(model: nn.Module, path: str, log: Callable[[str], None]) -> None:
+    """Start from weights: a saved task model of the same kind (every tensor whose name and shape match), else an
+    official dense or ImageNet checkpoint for the backbone (``load_checkpoint``: ``backbone.`` prefixes, dropped
+    heads, missing dense norms)."""
+    from ..checkpoint import load_checkpoint, read_checkpoint, read_model_config
+    from ..tasks.build import task_backbone
+
+    from .checkpointing import resolve_checkpoint_path
+
+    path = str(resolve_checkpoint_path(path))  # a run directory means its best checkpoint
+    saved = read_model_config(path) if Path(path).is_dir() else None
+    if saved is not None and saved.get("task") == model.task_config["task"]:
+        state = read_checkpoint(path)
+        own = model.state_dict()
+        matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(matching, strict=False)
+        log(f"initialised {len(matching)}/{len(own)} tensors from {path} (the rest differ in name or shape)")
+        return
+    load_checkpoint(task_backbone(model), path)
+    log(f"initialised the backbone from {path}; the neck and heads start from scratch")
+
+
+def train_dense(config: TrainConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Train a segmentation, detection or pose model (``config.task``); returns the final summary."""
+    ctx = init_distributed(config.device)
+    try:
+        return _train_dense(config, ctx, log if ctx.is_main else (lambda _msg: None))
+    finally:
+        ctx.close()
+
+
+def _train_dense(config: TrainConfig, ctx: DistContext, log: Callable[[str], None]) -> Dict[str, Any]:
+    from ..tasks.build import build_task_model
+    from . import trainer as T
+    from .metrics import MetricsLogger
+
+    run = RunDir(config.resume or config.output or T.default_output(config))
+    resume_state = run.load_training_state() if config.resume else None
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True)
+    T.seed_everything(config.seed)
+    data_config = (dict(resume_state["config"].get("data_config") or {}) if resume_state else {}) or \
+        task_data_config(config)
+    task: DenseTask = TASK_CLASSES[config.task](data_config, config.data, skip_bad=config.skip_bad)
+    train_set, val_set = task.dataset("train", train=True), task.dataset("val", train=False)
+    classes = task.classes(train_set)
+    if task.classes(val_set) != classes:
+        raise ValueError(f"train and val classes differ: {classes} vs {task.classes(val_set)}")
+    head_args = dict(config.head_args, **({"head": config.head} if config.task == "segmentation" else {}))
+    model = build_task_model(config.task, config.model, len(classes), model_args=config.model_args,
+                             head_args=head_args, data_config=data_config, label_names=classes,
+                             drop_path_rate=config.drop_path)
+    if len(train_set) < config.batch_size * ctx.world_size:
+        raise ValueError(f"the training set has {len(train_set)} samples, fewer than one batch "
+                         f"({config.batch_size} x {ctx.world_size} processes)")
+    if config.init_checkpoint and resume_state is None:
+        _init_task_weights(model, config.init_checkpoint, log)
+    if config.grad_checkpointing:
+        from ..tasks.build import task_backbone
+
+        task_backbone(model).set_grad_checkpointing(True)
+    model = T.place_model(model, config, ctx)
+
+    optimizer = T.make_optimizer(config, model)
+    sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                 seed=config.seed, drop_last=True)
+    train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
+                              worker_init_fn=T.seed_worker, drop_last=True, collate_fn=task.collate_fn,
+                              pin_memory=ctx.device.type == "cuda")
+    scheduler = T.make_scheduler(config, optimizer, len(train_loader))
+    scaler = T.make_scaler(config, ctx)
+    start_epoch, best, best_epoch = 0, -math.inf, -1
+    if resume_state is not None:
+        start_epoch = T.restore_training_state(resume_state, model, optimizer, scheduler, scaler, None, config, log)
+        best, best_epoch = float(resume_state["best_metric"]), int(resume_state["best_epoch"])
+        log(f"resumed {run.root} after epoch {start_epoch} (best val {task.metric} {best:.2f} at epoch "
+            f"{best_epoch + 1})")
+    else:
+        torch.manual_seed(config.seed + ctx.rank)
+    if ctx.is_main:
+        run.root.mkdir(parents=True, exist_ok=True)
+        save_yaml(T.with_output(config, run.root), run.config_file)
+    metrics = MetricsLogger(run.root, resume_epoch=start_epoch if resume_state else None) if ctx.is_main else None
+    train_model = T.wrap_distributed(model, ctx, find_unused_parameters=config.task == "detection")
+    autocast = lambda: T.autocast_context(config, ctx.device)  # noqa: E731
+    if start_epoch == 0:
+        log(f"training {config.task} with {config.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M "
+            f"params) on {config.data}: {len(train_set)} train / {len(val_set)} val samples, {len(classes)} "
+            f"{'joints' if config.task == 'pose' else 'classes'}, {task.describe()}, {ctx.world_size} process(es) on "
+            f"{ctx.device}, run dir {run.root}")
+
+    num_updates = start_epoch * len(train_loader)
+    for epoch in range(start_epoch, config.epochs):
+        sampler.set_epoch(epoch)
+        train_model.train()
+        t0 = time.perf_counter()
+        loss_sum = seen = 0.0
+        bar = T.progress_bar(config, ctx, len(train_loader), f"epoch {epoch + 1}/{config.epochs}")
+        try:
+            for step, batch in enumerate(train_loader):
+                batch = _to(batch, ctx.device)
+                with autocast():
+                    loss, n = task.loss(train_model, model, batch)
+                T.check_finite(loss, epoch, step, run)
+                T.optimizer_step(loss, model, optimizer, scaler, config)
+                num_updates += 1
+                scheduler.step_update(num_updates=num_updates)
+                loss_sum += loss.item() * n
+                seen += n
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+        finally:
+            bar.close()
+        train_time = time.perf_counter() - t0
+        loss_sum, seen = T.all_reduce_sum([loss_sum, seen], ctx)
+        scheduler.step(epoch + 1)
+        ctx.broadcast_buffers(model)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # pycocotools / empty-prediction chatter
+            val = task.evaluate(model, val_set, ctx, config.batch_size, config.workers)
+        score = val[task.metric]
+        is_best = not math.isnan(score) and score > best
+        if is_best:
+            best, best_epoch = score, epoch
+        lr = optimizer.param_groups[0]["lr"]
+        row: Dict[str, float] = dict(epoch=epoch + 1, train_loss=loss_sum / seen)
+        row.update({f"val_{k}": float(v) for k, v in val.items()})
+        row.update(lr=lr, epoch_time=train_time, images_per_sec=seen / train_time)
+        if ctx.is_main:
+            state = dict(epoch=epoch, best_metric=best, best_epoch=best_epoch, metric=task.metric,
+                         optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                         scaler=scaler.state_dict() if scaler else None, rng=T.rng_state(),
+                         config=dict(config.to_dict(), data_config=data_config))
+            metrics.log(row)
+            run.save(epoch, model, state, is_best, label_names=classes)
+        ctx.barrier()
+        log(f"epoch {epoch + 1:>3}/{config.epochs}  train loss {row['train_loss']:.4f}  val "
+            f"{format_metrics(val, task.shown)}  lr {lr:.2e}  {row['images_per_sec']:.1f} img/s  {train_time:.1f}s"
+            + ("  *best*" if is_best else ""))
+    if metrics is not None:
+        metrics.close()
+    log(f"best val {task.metric} {best:.2f} at epoch {best_epoch + 1}; checkpoints in {run.root} (best, last)")
+    return dict(best_metric=best, metric=task.metric, best_epoch=best_epoch + 1, run_dir=str(run.root),
+                classes=classes)
+
+
+# --------------------------------------------------------------------------------------------- eval / predict
+def _task_for(model: nn.Module, data: Optional[str], overrides: Mapping[str, Any], skip_bad: bool = False
+              ) -> DenseTask:
+    cfg = model.task_config
+    data_config = dict(cfg.get("data_config") or {})
+    data_config.update({k: v for k, v in overrides.items() if v is not None})
+    return TASK_CLASSES[cfg["task"]](data_config, data, skip_bad=skip_bad)
+
+
+def evaluate_task_checkpoint(model: nn.Module, data: str, split: str = "val", batch_size: int = 2, workers: int = 2,
+                             device: str = "auto", skip_bad: bool = False,
+                             **overrides: Any) -> Tuple[Dict[str, float], DenseTask]:
+    """Score a loaded task model on ``data``'s ``split`` with the data options saved with it (``overrides``, e.g.
+    ``inference='slide'`` or ``person_boxes=FILE``, replace single options). Returns (metrics, task)."""
+    ctx = init_distributed(device)
+    try:
+        task = _task_for(model, data, overrides, skip_bad)
+        dataset = task.dataset(split, train=False)
+        if task.classes(dataset) != list(model.task_config.get("label_names") or task.classes(dataset)):
+            warnings.warn(f"{data} names its classes differently from the checkpoint's", stacklevel=2)
+        model.to(ctx.device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return task.evaluate(model, dataset, ctx, batch_size, workers), task
+    finally:
+        ctx.close()
+
+
+def predict_task_images(model: nn.Module, images: Sequence[str], output_dir: Optional[str] = None,
+                        **options: Any) -> List[Tuple[Path, str]]:
+    """Write one overlay PNG per image (``<stem>_<task>.png`` in ``output_dir``, default beside the image); returns
+    (PNG path, one-line summary) pairs."""
+    task = _task_for(model, None, {})
+    out = []
+    for image in images:
+        path = Path(image)
+        folder = Path(output_dir) if output_dir else path.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        png = folder / f"{path.stem}_{task.name}.png"
+        out.append((png, task.predict(model, path, png, **options)))
+    return out

@@ -1,0 +1,122 @@
+"""Dense task models from a task name, a backbone name and options: the one place that turns them into a model, used
+by training, by saved checkpoints (``config.json``) and by the CLI.
+
+A task model carries ``model.task_config`` — a JSON-ready dict (``task``, ``architecture`` = the backbone name,
+``model_args``, ``num_classes``, ``head_args``, ``data_config``, ``label_names``) from which :func:`model_from_config`
+rebuilds it; :func:`uniformer.save_pretrained` writes it as ``config.json`` beside ``model.safetensors``.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, List, Mapping, Optional, Sequence
+
+import torch.nn as nn
+
+__all__ = ["DENSE_TASKS", "build_backbone", "backbone_channels", "build_task_model", "model_from_config",
+           "task_backbone"]
+
+DENSE_TASKS = ("segmentation", "detection", "pose")
+
+
+def build_backbone(name: str, model_args: Optional[Mapping[str, Any]] = None, drop_path_rate: float = 0.0) -> nn.Module:
+    """A backbone returning its stride 4/8/16/32 maps: a ``*_dense`` UniFormer as is, any other timm/uniformer model
+    through timm's ``features_only=True``."""
+    from .. import create_model, resolve_model_name
+
+    resolve_model_name(name)  # unknown names: one line with close-name suggestions
+    args = dict(model_args or {})
+    if drop_path_rate:
+        args["drop_path_rate"] = drop_path_rate
+    if name.split(".")[0].endswith("_dense"):
+        return create_model(name, **args)
+    try:
+        return create_model(name, features_only=True, **args)
+    except (RuntimeError, TypeError, AssertionError) as e:
+        raise ValueError(f"{name} cannot serve as a dense backbone (timm features_only failed: {e}); use a "
+                         "uniformer_*_dense model") from None
+
+
+def backbone_channels(backbone: nn.Module) -> List[int]:
+    """Channels of the backbone's feature maps (``out_channels`` of the dense UniFormers, else timm feature_info)."""
+    channels = getattr(backbone, "out_channels", None)
+    if channels is None and hasattr(getattr(backbone, "feature_info", None), "channels"):
+        channels = backbone.feature_info.channels()
+    if channels is None or isinstance(channels, int):
+        raise ValueError(f"cannot tell the channels of {type(backbone).__name__}'s four feature maps")
+    return [int(c) for c in channels]
+
+
+def task_backbone(model: nn.Module) -> nn.Module:
+    """The backbone inside a task model (Mask R-CNN keeps it in ``backbone.body``, under its FPN)."""
+    backbone = model.backbone
+    return getattr(backbone, "body", backbone)
+
+
+def build_task_model(
+    task: str,
+    backbone: str,
+    num_classes: int,
+    model_args: Optional[Mapping[str, Any]] = None,
+    head_args: Optional[Mapping[str, Any]] = None,
+    data_config: Optional[Mapping[str, Any]] = None,
+    label_names: Optional[Sequence[str]] = None,
+    drop_path_rate: float = 0.0,
+) -> nn.Module:
+    """Build a dense task model on the backbone ``backbone`` (a model name).
+
+    - ``segmentation``: :class:`~uniformer.tasks.segmentation.SegmentationModel` with ``num_classes`` classes;
+      ``head_args``: ``head`` ('fpn', 'upernet', 'vt-fpn') and that head's keywords.
+    - ``detection``: torchvision Mask R-CNN via :func:`~uniformer.tasks.detection.build_mask_rcnn` for
+      ``num_classes`` object classes (+ background); ``head_args``: ``fpn_channels`` and ``MaskRCNN`` keywords;
+      ``data_config``: ``min_size``, ``max_size``.
+    - ``pose``: :class:`~uniformer.tasks.pose.TopDownPoseModel` with ``num_classes`` joints; ``head_args``:
+      ``deconv_channels``, ``num_deconv``.
+    """
+    if task not in DENSE_TASKS:
+        raise ValueError(f"task must be one of {DENSE_TASKS}, got {task!r}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    head_args = dict(head_args or {})
+    data_config = dict(data_config or {})
+    body = build_backbone(backbone, model_args, drop_path_rate)
+    channels = backbone_channels(body)
+    model: nn.Module
+    if task == "segmentation":
+        from .segmentation import SegmentationModel
+
+        kwargs = dict(head_args)
+        head = kwargs.pop("head", "fpn")
+        model = SegmentationModel(body, num_classes, head=head, in_channels=channels, **kwargs)
+    elif task == "detection":
+        from .detection import build_mask_rcnn
+
+        kwargs = dict(head_args)
+        model = build_mask_rcnn(body, channels, num_classes + 1, min_size=int(data_config.get("min_size", 800)),
+                                max_size=int(data_config.get("max_size", 1333)), **kwargs)
+    else:
+        from .pose import TopDownPoseModel
+
+        unknown = sorted(set(head_args) - {"deconv_channels", "num_deconv"})
+        if unknown:
+            raise ValueError(f"unknown pose head option(s) {unknown}; expected deconv_channels, num_deconv")
+        model = TopDownPoseModel(body, channels, num_joints=num_classes, **head_args)
+    model.task_config = {
+        "task": task,
+        "architecture": backbone.split(".")[0],
+        "model_args": copy.deepcopy(dict(model_args or {})),
+        "num_classes": num_classes,
+        "head_args": copy.deepcopy(head_args),
+        "data_config": copy.deepcopy(data_config),
+        "label_names": list(label_names) if label_names is not None else None,
+    }
+    return model
+
+
+def model_from_config(config: Mapping[str, Any]) -> nn.Module:
+    """Rebuild (without weights) the task model a saved ``config.json`` describes."""
+    missing = [k for k in ("task", "architecture", "num_classes") if k not in config]
+    if missing:
+        raise ValueError(f"task model config lacks {missing}")
+    return build_task_model(config["task"], config["architecture"], int(config["num_classes"]),
+                            model_args=config.get("model_args"), head_args=config.get("head_args"),
+                            data_config=config.get("data_config"), label_names=config.get("label_names"))
