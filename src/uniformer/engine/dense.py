@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .checkpointing import RunDir
 from .config import TrainConfig, save_yaml
-from .distributed import DistContext, ShardSampler, init_distributed
+from . import trainer as T
+from .distributed import DistContext, init_distributed
 
 __all__ = ["DenseTask", "SegmentationTask", "DetectionTask", "PoseTask", "TASK_CLASSES", "task_data_config",
            "coco_split", "train_dense", "evaluate_task_checkpoint", "predict_task_images", "format_metrics"]
@@ -93,12 +94,6 @@ def _to(batch: Any, device: torch.device) -> Any:
 
 def format_metrics(metrics: Mapping[str, float], names: Sequence[str]) -> str:
     return "  ".join(f"{k} {metrics[k]:.2f}" for k in names if k in metrics)
-
-
-def _eval_loader(dataset: Dataset, batch_size: int, workers: int, ctx: DistContext,
-                 collate_fn: Optional[Callable] = None) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), ctx.rank, ctx.world_size),
-                      num_workers=workers, collate_fn=collate_fn, pin_memory=ctx.device.type == "cuda")
 
 
 # -------------------------------------------------------------------------------------------------------- tasks
@@ -178,7 +173,7 @@ class SegmentationTask(DenseTask):
 
         metric = SegmentationMetric(model.num_classes)
         model.eval()
-        for image, mask in _eval_loader(dataset, 1, workers, ctx):  # images keep their own sizes
+        for image, mask in T.eval_loader(dataset, 1, workers, ctx):  # images keep their own sizes
             pred = self._predict(model, image.to(ctx.device), mask.shape[-2:])
             metric.update(pred.cpu(), mask[0])
         if ctx.distributed:
@@ -242,7 +237,7 @@ class DetectionTask(DenseTask):
 
         model.eval()
         results: List[Dict[str, Any]] = []
-        for images, targets in _eval_loader(dataset, batch_size, workers, ctx, self.collate_fn):
+        for images, targets in T.eval_loader(dataset, batch_size, workers, ctx, self.collate_fn):
             outputs = model([im.to(ctx.device) for im in images])
             results += coco_results(outputs, [int(t["image_id"]) for t in targets], dataset.label_to_cat_id)
         return evaluate_coco(dataset.coco, gather(results, ctx), img_ids=dataset.ids)
@@ -312,7 +307,7 @@ class PoseTask(DenseTask):
 
         model.eval()
         results: List[Dict[str, Any]] = []
-        for images, _hm, _w, meta in _eval_loader(dataset, batch_size, workers, ctx):
+        for images, _hm, _w, meta in T.eval_loader(dataset, batch_size, workers, ctx):
             heatmaps = self._heatmaps(model, images.to(ctx.device))
             keypoints, maxvals = decode_heatmaps(heatmaps, meta["center"], meta["scale"])
             results += keypoint_results(keypoints, maxvals, meta["image_id"].tolist(), meta["score"].tolist(),
@@ -395,18 +390,10 @@ def _init_task_weights(model: nn.Module, path: str, log: Callable[[str], None]) 
     log(f"initialised the backbone from {path}; the neck and heads start from scratch")
 
 
-def train_dense(config: TrainConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """Train a segmentation, detection or pose model (``config.task``); returns the final summary."""
-    ctx = init_distributed(config.device)
-    try:
-        return _train_dense(config, ctx, log if ctx.is_main else (lambda _msg: None))
-    finally:
-        ctx.close()
-
-
-def _train_dense(config: TrainConfig, ctx: DistContext, log: Callable[[str], None]) -> Dict[str, Any]:
+def train_dense(config: TrainConfig, ctx: DistContext, log: Callable[[str], None]) -> Dict[str, Any]:
+    """The training loop of a segmentation, detection or pose model (``config.task``) in an initialised process
+    (group); returns the final summary. Called by :func:`uniformer.engine.trainer.train`."""
     from ..tasks.build import build_task_model
-    from . import trainer as T
     from .metrics import MetricsLogger
 
     run = RunDir(config.resume or config.output or T.default_output(config))

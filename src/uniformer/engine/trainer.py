@@ -230,9 +230,12 @@ def evaluate(
                 correct1=correct1, count=count)
 
 
-def _eval_loader(dataset, batch_size: int, workers: int, ctx: DistContext) -> DataLoader:
+def eval_loader(dataset, batch_size: int, workers: int, ctx: DistContext,
+                collate_fn: Optional[Callable] = None) -> DataLoader:
+    """Evaluation loader: every sample exactly once over all ranks (:class:`ShardSampler`), in order."""
     return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), ctx.rank, ctx.world_size),
-                      num_workers=workers, worker_init_fn=seed_worker, pin_memory=ctx.device.type == "cuda")
+                      num_workers=workers, worker_init_fn=seed_worker, collate_fn=collate_fn,
+                      pin_memory=ctx.device.type == "cuda")
 
 
 def run_data(checkpoint: str, path: Path) -> str:
@@ -295,7 +298,7 @@ def evaluate_checkpoint(
         if model.num_classes != len(dataset.classes):
             raise ValueError(f"the model has {model.num_classes} classes but {data} has {len(dataset.classes)}")
         model.to(ctx.device)
-        return evaluate(model, _eval_loader(dataset, batch_size, workers, ctx), ctx, aggregation=aggregation)
+        return evaluate(model, eval_loader(dataset, batch_size, workers, ctx), ctx, aggregation=aggregation)
     finally:
         ctx.close()
 
@@ -419,14 +422,14 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> Dict[str, 
     from ..tasks.build import DENSE_TASKS
 
     if config.task in DENSE_TASKS:
-        from .dense import train_dense
-
-        return train_dense(config, log)
-    if config.model.split(".")[0].endswith("_dense"):
+        from .dense import train_dense as loop
+    elif config.model.split(".")[0].endswith("_dense"):
         raise ValueError(f"{config.model} is a dense-prediction backbone: pass --task segmentation, detection or pose")
+    else:
+        loop = _train
     ctx = init_distributed(config.device)
     try:
-        return _train(config, ctx, log if ctx.is_main else (lambda _msg: None))
+        return loop(config, ctx, log if ctx.is_main else (lambda _msg: None))
     finally:
         ctx.close()
 
@@ -476,7 +479,7 @@ def _train(config: TrainConfig, ctx: DistContext, log: Callable[[str], None]) ->
     train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
                               worker_init_fn=seed_worker, drop_last=True, pin_memory=ctx.device.type == "cuda",
                               persistent_workers=False)
-    val_loader = _eval_loader(val_set, config.batch_size, config.workers, ctx)
+    val_loader = eval_loader(val_set, config.batch_size, config.workers, ctx)
     scheduler = make_scheduler(config, optimizer, len(train_loader))
     ema = ModelEmaV3(model, decay=config.model_ema_decay, use_warmup=config.model_ema_warmup) if config.model_ema else None
     mixup_fn = None
