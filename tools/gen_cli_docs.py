@@ -30,5 +30,8 @@ out += ["## Examples", "", "```",
         "$ uniformer predict --checkpoint runs/ade street.jpg          # street_segmentation.png",
         "$ uniformer train --task detection --data ~/data/coco --model uniformer_small_dense --output runs/coco",
         "$ uniformer predict --checkpoint runs/pose people.jpg --box 40 20 120 300",
+        "$ uniformer export --model uniformer_small --checkpoint uniformer_small_in1k.pth --output uniformer_small.onnx",
+        "$ uniformer export --checkpoint runs/digits --output digits.pt          # TorchScript, format from the suffix",
+        "$ uniformer bench uniformer_small uniformer_xxs --peers --paths baseline,eager,fast,fast-bf16",
         "```", ""]
 open("docs/cli.md", "w").write("\n".join(out))

@@ -15,6 +15,7 @@ from timm.models import get_arch_pretrained_cfgs, model_entrypoint, split_model_
 
 from . import models  # noqa: F401  (registers the architectures)
 from .checkpoint import LoadResult, load_checkpoint, load_pretrained, read_checkpoint, save_pretrained
+from .fast import optimize_for_inference, reparameterize
 from .models import UniFormer, UniFormerLight
 from .utils import count_flops, count_params
 
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "create_model", "list_models", "load_checkpoint", "read_checkpoint", "LoadResult", "count_params",
     "count_flops", "UniFormer", "UniFormerLight", "resolve_model_name", "checkpoint_tags", "save_pretrained", "load_pretrained",
+    "optimize_for_inference", "reparameterize",
 ]
 
 

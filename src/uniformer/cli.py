@@ -391,6 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--columns", type=int, default=4, help="panels per row (default: 4)")
     p.set_defaults(func=cmd_visualize_tokens)
 
+    from .bench import add_bench_parser
+    from .export import add_export_parser
+
+    add_bench_parser(sub)
+    add_export_parser(sub)
+
     p = sub.add_parser("plot", help="write a run's loss / accuracy / learning-rate curves as a PNG")
     p.add_argument("run_dir", help="training run directory (holds metrics.csv)")
     p.add_argument("--output", help="PNG path (default: RUN_DIR/curves.png)")

@@ -113,6 +113,9 @@ class TrainConfig:
     amp: bool = option(False, "mixed precision: bf16 autocast on CPU, fp16 with a gradient scaler on CUDA")
     amp_dtype: Optional[str] = option(None, "autocast dtype override", choices=("bfloat16", "float16"))
     channels_last: bool = option(False, "use channels_last memory format")
+    fast_kernels: bool = option(True, "fused attention (scaled_dot_product_attention) and the fused optimizer step; "
+                                      "false runs the unoptimised baseline (explicit attention matmuls, PyTorch's "
+                                      "default optimizer implementation) for speed comparisons")
     grad_checkpointing: bool = option(False, "recompute block activations in backward to save memory")
     sync_bn: bool = option(False, "convert BatchNorm to SyncBatchNorm when running distributed")
     workers: int = option(2, "data-loading worker processes per training process")

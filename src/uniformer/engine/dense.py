@@ -421,6 +421,7 @@ def train_dense(config: TrainConfig, ctx: DistContext, log: Callable[[str], None
         from ..tasks.build import task_backbone
 
         task_backbone(model).set_grad_checkpointing(True)
+    T.use_fast_kernels(model, config.fast_kernels)
     model = T.place_model(model, config, ctx)
 
     optimizer = T.make_optimizer(config, model)

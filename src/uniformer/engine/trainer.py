@@ -318,12 +318,27 @@ def progress_bar(config: TrainConfig, ctx: DistContext, total: int, desc: str):
 
 
 # ------------------------------------------------------------------------- pieces shared with the dense-task loop
+FUSED_OPTIMIZERS = ("adam", "adamw", "sgd", "momentum")  # timm names of torch optimizers with a fused kernel
+
+
+def use_fast_kernels(model: nn.Module, enabled: bool) -> None:
+    """Switch every UniFormer attention between ``F.scaled_dot_product_attention`` (``enabled``) and the explicit
+    softmax(q kᵀ)v matmuls of the official code (the speed baseline)."""
+    from ..layers.mhra import Attention
+
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.fused_attn = enabled
+
+
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """timm ``create_optimizer_v2`` (no weight decay on norms, biases and ``no_weight_decay()`` parameters)."""
     from timm.optim import create_optimizer_v2
 
-    extra = ({"eps": config.opt_eps} if "adam" in config.opt else
-             {"momentum": config.momentum} if config.opt in ("sgd", "momentum") else {})
+    extra: Dict[str, Any] = ({"eps": config.opt_eps} if "adam" in config.opt else
+                             {"momentum": config.momentum} if config.opt in ("sgd", "momentum") else {})
+    if config.fast_kernels and config.opt.lower() in FUSED_OPTIMIZERS:  # one fused kernel instead of a loop
+        extra["fused"] = True
     return create_optimizer_v2(model, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay, **extra)
 
 
@@ -471,6 +486,7 @@ def _train(config: TrainConfig, ctx: DistContext, log: Callable[[str], None]) ->
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
     memory_format = torch.channels_last_3d if task == "video" else torch.channels_last
+    use_fast_kernels(model, config.fast_kernels)
     model = place_model(model, config, ctx, memory_format)
 
     optimizer = make_optimizer(config, model)

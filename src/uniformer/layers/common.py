@@ -29,7 +29,11 @@ def batch_norm_nd(dims: int) -> Type[nn.Module]:
 
 def avg_pool_nd(x: torch.Tensor, kernel: Union[int, Sequence[int]]) -> torch.Tensor:
     """Average pooling with stride = kernel on a 2-D or 3-D map (floor mode)."""
-    return (F.avg_pool2d if x.ndim == 4 else F.avg_pool3d)(x, kernel, kernel)
+    if x.ndim == 4:
+        return F.avg_pool2d(x, kernel, kernel)
+    if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):  # PyTorch has no such CPU kernel
+        return F.avg_pool3d(x.float(), kernel, kernel).to(x.dtype)
+    return F.avg_pool3d(x, kernel, kernel)
 
 
 class ChannelLayerNorm(nn.LayerNorm):
