@@ -4,6 +4,7 @@ overfit run that must reach box AP ≥ 50 on its own training batch."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Dict, List
 
@@ -199,8 +200,11 @@ def test_skip_bad_warns_and_drops_only_the_bad_annotation(det_data, tmp_path):
     data = json.loads(json.dumps(det_data["data"]))
     data["annotations"][1]["bbox"] = [70, 50, -4, 36]
     path = write_json(tmp_path, data)
-    with pytest.warns(UserWarning, match=r"skipping annotation id 12: .*positive width"):
+    with pytest.warns(UserWarning) as record:
         ds = CocoDetection(det_data["root"], path, skip_bad=True)
+    messages = [str(w.message) for w in record]
+    assert any(re.search(r"skipping annotation id 12: .*positive width", m) for m in messages), messages
+    assert any(m.endswith("skipped 1 bad annotation(s) of 4") for m in messages), messages  # the count
     assert ds[0][1]["labels"].tolist() == [1]
     assert len(ds) == 3
 

@@ -87,6 +87,29 @@ def _short(keys: List[str], limit: int = 8) -> str:
     return shown + (f", … (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _check_dtypes(state_dict: Mapping[str, Any], target: Mapping[str, torch.Tensor], what: str) -> None:
+    """Refuse integer / bool / complex tensors where the model has floating-point weights (``load_state_dict`` would
+    silently cast them); floating-point tensors of another precision (fp16, bf16, fp64) are cast, with a log line."""
+    bad, cast = [], {}
+    for k, v in state_dict.items():
+        if k not in target or not isinstance(v, torch.Tensor) or v.dtype == target[k].dtype:
+            continue
+        if target[k].is_floating_point() and not v.is_floating_point():
+            bad.append(f"{k} (checkpoint {_dtype_name(v.dtype)} vs model {_dtype_name(target[k].dtype)})")
+        elif target[k].is_floating_point():
+            key = f"{_dtype_name(v.dtype)} to {_dtype_name(target[k].dtype)}"
+            cast[key] = cast.get(key, 0) + 1
+    if bad:
+        raise ValueError(f"checkpoint does not match {what}: {len(bad)} dtype mismatch(es), non-floating-point tensors "
+                         f"for floating-point weights: {_short(sorted(bad), 4)}")
+    for key, n in cast.items():
+        _logger.info("cast %d checkpoint tensor(s) from %s", n, key)
+
+
 def load_checkpoint(
     model: nn.Module,
     source: Union[PathLike, Mapping[str, Any]],
@@ -125,6 +148,7 @@ def load_checkpoint(
             f"checkpoint does not match {type(model).__name__}: {len(mismatched)} shape mismatch(es): "
             f"{_short(mismatched, 4)}"
         )
+    _check_dtypes(state_dict, target, type(model).__name__)
     if report.dropped_heads:
         _logger.warning(
             "checkpoint classifier has a different class count; re-initialised %s", _short(report.dropped_heads)
@@ -260,6 +284,7 @@ def load_task_weights(model: nn.Module, path: PathLike) -> None:
         parts = [f"{len(x)} {what}: {_short(x, 4)}" for what, x in (("shape mismatch(es)", mismatched),
                  ("missing key(s)", missing), ("unexpected key(s)", unexpected)) if x]
         raise ValueError(f"{path} does not match its config.json ({type(model).__name__}): " + "; ".join(parts))
+    _check_dtypes(state, own, f"{path} ({type(model).__name__})")
     model.load_state_dict(state)
 
 

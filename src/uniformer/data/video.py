@@ -231,6 +231,7 @@ class VideoDataset(Dataset):
         self.train = split == "train" if train is None else train
         _check_options(sampler, num_frames, stride, num_clips, self.train)
         self.num_frames, self.stride, self.sampler, self.skip_bad = num_frames, stride, sampler, skip_bad
+        self.skipped = 0  # bad videos skipped so far (per process: DataLoader workers count their own)
         self.num_clips = 1 if self.train else num_clips
         self.num_views = 1 if self.train else num_clips * num_crops
         self.transform = VideoTransform(img_size, self.train, 1 if self.train else num_crops, scale=scale,
@@ -300,7 +301,9 @@ class VideoDataset(Dataset):
             except (VideoReadError, FileNotFoundError) as e:
                 if not self.skip_bad:
                     raise
-                warnings.warn(f"skipping {path}: {getattr(e, 'reason', None) or e}", stacklevel=2)
+                self.skipped += 1
+                warnings.warn(f"skipping {path} ({self.skipped} skipped so far in this process): "
+                              f"{getattr(e, 'reason', None) or e}", stacklevel=2)
         raise VideoReadError(f"every video of {self.root} ({self.split}) is unreadable or too short")
 
 

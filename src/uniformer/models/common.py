@@ -6,7 +6,20 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-__all__ = ["ClassifierAPI", "check_global_pool"]
+__all__ = ["ClassifierAPI", "check_global_pool", "check_input_dtype"]
+
+
+def check_input_dtype(model: nn.Module, x: torch.Tensor) -> None:
+    """Raise ``ValueError`` for a non-floating-point input, or (outside ``torch.autocast``) a floating-point input whose
+    dtype differs from the model's weights — instead of an error from inside the first convolution."""
+    if not x.is_floating_point():
+        raise ValueError(f"{type(model).__name__} expects a floating-point input, got dtype "
+                         f"{str(x.dtype).replace('torch.', '')} (convert images with .float() and normalise them)")
+    weight = next(model.parameters(), None)
+    if weight is not None and x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise ValueError(f"input dtype {str(x.dtype).replace('torch.', '')} does not match the model's "
+                         f"{str(weight.dtype).replace('torch.', '')} weights: cast the input or the model, or run "
+                         f"under torch.autocast")
 
 
 def check_global_pool(global_pool: str) -> str:

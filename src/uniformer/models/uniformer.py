@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..convert import checkpoint_filter_fn
 from ..layers import ConvDown, ConvStem, GlobalBlock, LocalBlock, PatchEmbed, batch_norm_nd, check_dims
-from .common import ClassifierAPI, check_global_pool
+from .common import ClassifierAPI, check_global_pool, check_input_dtype
 
 __all__ = ["UniFormer", "per_stage"]
 
@@ -208,6 +208,7 @@ class UniFormer(ClassifierAPI, nn.Module):
             raise ValueError(
                 f"input height and width must be multiples of {INPUT_MULTIPLE}, got {h}x{w} (shape {tuple(x.shape)})"
             )
+        check_input_dtype(self, x)
 
     def _run(self, block: nn.Module, *args: Any) -> Any:
         if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():

@@ -16,6 +16,7 @@ import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
 from ..layers import ChannelLayerNorm
+from .common import check_input_dtype
 from .uniformer import BASE, SMALL, UniFormer, create_uniformer, image_cfg
 from .uniformer_light import MODEL_ARGS as LIGHT_ARGS
 from .uniformer_light import UniFormerLight
@@ -25,7 +26,7 @@ __all__ = ["UniFormerDense", "UniFormerLightDense"]
 
 class DenseMixin:
     """Shared by the standard and light dense backbones: per-stage norms, ``out_indices``, ``frozen_stages``,
-    ``norm_eval``, any input size (odd sizes floor as in the official code), list output."""
+    ``norm_eval``, any input size with sides of at least 32 (odd sizes floor as in the official code), list output."""
 
     # Keys a classification checkpoint lacks; they keep their init (weight 1, bias 0) when loading ImageNet weights.
     init_only_prefixes: Tuple[str, ...] = ("norm1.", "norm2.", "norm3.", "norm4.")
@@ -70,11 +71,15 @@ class DenseMixin:
             raise ValueError("dense backbones have no classifier; build the classification model instead")
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Dense backbones accept any size: (B, in_chans, H, W)."""
+        """Dense backbones accept any size of at least 32 (one stride-32 cell): (B, in_chans, H, W)."""
         if torch.jit.is_tracing() or torch.jit.is_scripting():
             return
         if x.ndim != self.dims + 2 or x.shape[1] != self.in_chans or 0 in x.shape:
             raise ValueError(f"{type(self).__name__} expects (B, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
+        if min(x.shape[-2:]) < 32:
+            raise ValueError(f"{type(self).__name__} needs input sides of at least 32 (its coarsest stride), got "
+                             f"{x.shape[-2]}x{x.shape[-1]} (shape {tuple(x.shape)})")
+        check_input_dtype(self, x)
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         """Normalised stage maps for ``out_indices`` (default all four: strides 4, 8, 16, 32)."""

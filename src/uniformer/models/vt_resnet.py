@@ -18,7 +18,7 @@ from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
 from ..layers.vt import VTModule, init_vt_weights
-from .common import ClassifierAPI, check_global_pool
+from .common import ClassifierAPI, check_global_pool, check_input_dtype
 
 __all__ = ["VTResNet", "load_torchvision_trunk", "TrunkLoadResult"]
 
@@ -112,6 +112,7 @@ class VTResNet(ClassifierAPI, nn.Module):
             raise ValueError(f"{type(self).__name__} expects (B, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
         if min(x.shape[-2:]) < 32:
             raise ValueError(f"input sides must be at least 32, got {x.shape[-2]}x{x.shape[-1]}")
+        check_input_dtype(self, x)
 
     def _run(self, fn: nn.Module, *args: Any) -> Any:
         if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():

@@ -198,6 +198,8 @@ def load_coco(annotation_json: PathLike, *, masks: bool = False, keypoints: Opti
         if "keypoints" in ann and "num_keypoints" not in ann:
             ann["num_keypoints"] = int(sum(1 for v in ann["keypoints"][2::3] if v > 0))
         anns.append(ann)
+    if len(anns) < len(anns_in):
+        warnings.warn(f"{path}: skipped {len(anns_in) - len(anns)} bad annotation(s) of {len(anns_in)}", stacklevel=2)
     dataset = dict(data, images=list(images.values()), categories=list(categories.values()), annotations=anns)
     coco = COCO()
     coco.dataset = dataset

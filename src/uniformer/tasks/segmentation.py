@@ -184,6 +184,7 @@ class SegmentationDataset(Dataset):
         if not images:
             raise ValueError(f"no images ({'/'.join(IMAGE_SUFFIXES)}) found in {image_dir}")
         self.samples: List[Tuple[Path, Path]] = [(images[s], masks[s]) for s in sorted(images)]
+        self.skipped = 0  # bad samples skipped so far (per process: DataLoader workers count their own)
 
     def _read_classes(self, num_classes: Optional[int], class_names_file: Optional[PathLike]) -> List[str]:
         if num_classes is not None and (not isinstance(num_classes, int) or not 1 <= num_classes <= IGNORE_INDEX):
@@ -260,7 +261,9 @@ class SegmentationDataset(Dataset):
             except ValueError as e:
                 if not self.skip_bad:
                     raise
-                warnings.warn(f"skipping bad segmentation sample {self.samples[j][0].name}: {e}", stacklevel=2)
+                self.skipped += 1
+                warnings.warn(f"skipping bad segmentation sample {self.samples[j][0].name} ({self.skipped} skipped so "
+                              f"far in this process): {e}", stacklevel=2)
         else:
             raise ValueError(f"all {n} samples of {self.root / 'images' / self.split} are unreadable or invalid")
         if self.transform is not None:
