@@ -29,7 +29,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .checkpointing import RunDir
-from .config import TrainConfig, save_yaml
+from .config import TrainConfig
 from . import trainer as T
 from .distributed import DistContext, init_distributed
 
@@ -394,7 +394,6 @@ def train_dense(config: TrainConfig, ctx: DistContext, log: Callable[[str], None
     """The training loop of a segmentation, detection or pose model (``config.task``) in an initialised process
     (group); returns the final summary. Called by :func:`uniformer.engine.trainer.train`."""
     from ..tasks.build import build_task_model
-    from .metrics import MetricsLogger
 
     run = RunDir(config.resume or config.output or T.default_output(config))
     resume_state = run.load_training_state() if config.resume else None
@@ -440,10 +439,7 @@ def train_dense(config: TrainConfig, ctx: DistContext, log: Callable[[str], None
             f"{best_epoch + 1})")
     else:
         torch.manual_seed(config.seed + ctx.rank)
-    if ctx.is_main:
-        run.root.mkdir(parents=True, exist_ok=True)
-        save_yaml(T.with_output(config, run.root), run.config_file)
-    metrics = MetricsLogger(run.root, resume_epoch=start_epoch if resume_state else None) if ctx.is_main else None
+    metrics = T.open_run(config, run, ctx, start_epoch if resume_state else None)
     train_model = T.wrap_distributed(model, ctx, find_unused_parameters=config.task == "detection")
     autocast = lambda: T.autocast_context(config, ctx.device)  # noqa: E731
     if start_epoch == 0:

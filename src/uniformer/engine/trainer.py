@@ -399,6 +399,17 @@ def place_model(model: nn.Module, config: TrainConfig, ctx: DistContext,
     return model
 
 
+def open_run(config: TrainConfig, run: RunDir, ctx: DistContext,
+             resume_epoch: Optional[int]) -> Optional[MetricsLogger]:
+    """On rank 0: create the run directory, write the resolved ``config.yaml`` and return the metrics logger (which
+    drops rows past ``resume_epoch`` when resuming); None on the other ranks."""
+    if not ctx.is_main:
+        return None
+    run.root.mkdir(parents=True, exist_ok=True)
+    save_yaml(with_output(config, run.root), run.config_file)
+    return MetricsLogger(run.root, resume_epoch=resume_epoch)
+
+
 def check_finite(loss: torch.Tensor, epoch: int, step: int, run: RunDir) -> None:
     """Stop on a NaN/inf loss, naming the step; the last good checkpoint stays as it is."""
     if not math.isfinite(loss.item()):
@@ -517,10 +528,7 @@ def _train(config: TrainConfig, ctx: DistContext, log: Callable[[str], None]) ->
         log(f"resumed {run.root} after epoch {start_epoch} (best val top-1 {best_acc1:.2f}% at epoch {best_epoch + 1})")
     else:
         torch.manual_seed(config.seed + ctx.rank)  # augmentation streams differ between ranks
-    if ctx.is_main:
-        run.root.mkdir(parents=True, exist_ok=True)
-        save_yaml(with_output(config, run.root), run.config_file)
-    metrics = MetricsLogger(run.root, resume_epoch=start_epoch if resume_state else None) if ctx.is_main else None
+    metrics = open_run(config, run, ctx, start_epoch if resume_state else None)
     train_model = wrap_distributed(model, ctx)
     autocast = lambda: autocast_context(config, ctx.device)  # noqa: E731
     params = sum(p.numel() for p in model.parameters())

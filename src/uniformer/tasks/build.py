@@ -8,9 +8,11 @@ rebuilds it; :func:`uniformer.save_pretrained` writes it as ``config.json`` besi
 from __future__ import annotations
 
 import copy
-from typing import Any, List, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch.nn as nn
+
+from .segmentation import backbone_channels
 
 __all__ = ["DENSE_TASKS", "build_backbone", "backbone_channels", "build_task_model", "model_from_config",
            "task_backbone"]
@@ -34,16 +36,6 @@ def build_backbone(name: str, model_args: Optional[Mapping[str, Any]] = None, dr
     except (RuntimeError, TypeError, AssertionError) as e:
         raise ValueError(f"{name} cannot serve as a dense backbone (timm features_only failed: {e}); use a "
                          "uniformer_*_dense model") from None
-
-
-def backbone_channels(backbone: nn.Module) -> List[int]:
-    """Channels of the backbone's feature maps (``out_channels`` of the dense UniFormers, else timm feature_info)."""
-    channels = getattr(backbone, "out_channels", None)
-    if channels is None and hasattr(getattr(backbone, "feature_info", None), "channels"):
-        channels = backbone.feature_info.channels()
-    if channels is None or isinstance(channels, int):
-        raise ValueError(f"cannot tell the channels of {type(backbone).__name__}'s four feature maps")
-    return [int(c) for c in channels]
 
 
 def task_backbone(model: nn.Module) -> nn.Module:

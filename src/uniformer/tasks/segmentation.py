@@ -27,7 +27,7 @@ from .vt_fpn import ConvFPNNeck, SemanticFPNHead, VTFPNNeck, check_feature_level
 __all__ = [
     "SegmentationDataset", "SegTrainTransform", "SegEvalTransform", "UperNetHead", "FCNAuxHead", "SegmentationModel",
     "slide_inference", "whole_inference", "predict_mask", "SegmentationMetric", "segmentation_palette",
-    "save_overlay", "IGNORE_INDEX",
+    "save_overlay", "backbone_channels", "IGNORE_INDEX",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -508,7 +508,8 @@ _UPER_KWARGS = ("channels", "pool_scales", "dropout")
 _AUX_KWARGS = ("aux_channels", "aux_in_index", "aux_dropout", "aux_weight")
 
 
-def _backbone_channels(backbone: nn.Module) -> List[int]:
+def backbone_channels(backbone: nn.Module) -> List[int]:
+    """Channels of a backbone's feature maps: its ``out_channels`` (dense UniFormers), else timm ``feature_info``."""
     channels = getattr(backbone, "out_channels", None)
     if channels is None and hasattr(backbone, "feature_info") and hasattr(backbone.feature_info, "channels"):
         channels = backbone.feature_info.channels()  # timm features_only models
@@ -545,7 +546,7 @@ class SegmentationModel(nn.Module):
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         self.backbone, self.num_classes, self.head_type = backbone, num_classes, head
         self.in_channels = tuple(int(c) for c in in_channels) if in_channels is not None else \
-            tuple(_backbone_channels(backbone))
+            tuple(backbone_channels(backbone))
         if not self.in_channels or any(c <= 0 for c in self.in_channels):
             raise ValueError(f"in_channels must be positive ints, got {self.in_channels}")
         self.ignore_index, self.size_divisor = IGNORE_INDEX, SIZE_DIVISOR
