@@ -14,9 +14,11 @@ from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 import uniformer
-from uniformer.tasks.segmentation import (FCNAuxHead, SegEvalTransform, SegmentationDataset, SegmentationMetric,
-                                          SegmentationModel, SegTrainTransform, UperNetHead, predict_mask,
-                                          save_overlay, segmentation_palette, slide_inference, whole_inference)
+from uniformer.tasks.segmentation import (FCNAuxHead, FPNHead, SegEvalTransform, SegmentationDataset,
+                                          SegmentationMetric, SegmentationModel, SegTrainTransform, UperNetHead,
+                                          predict_mask, save_overlay, segmentation_palette, slide_inference,
+                                          whole_inference)
+from uniformer.tasks.vt_fpn import ConvFPNNeck, SemanticFPNHead
 
 CLASSES = ("background", "square", "disc")
 MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
@@ -282,14 +284,15 @@ def test_eval_transform_resizes_image_only():
 # ----------------------------------------------------------------------------------------------------------------------
 
 SMALL_HEADS = {
-    "fpn": dict(neck_channels=32, head_channels=32, num_groups=8),
+    "fpn": dict(neck_channels=32, head_channels=32),
+    "fpn-gn": dict(neck_channels=32, head_channels=32, num_groups=8),
     "vt-fpn": dict(neck_channels=32, head_channels=32, num_groups=8, num_tokens=4, token_dim=32, num_heads=2,
                    ffn_dim=32),
     "upernet": dict(channels=32, aux_channels=16),
 }
 
 
-@pytest.mark.parametrize("head", ["fpn", "vt-fpn", "upernet"])
+@pytest.mark.parametrize("head", ["fpn", "fpn-gn", "vt-fpn", "upernet"])
 def test_heads_output_input_resolution_for_odd_sizes(head):
     torch.manual_seed(0)
     model = SegmentationModel(TinyBackbone(), 5, head=head, **SMALL_HEADS[head])
@@ -307,15 +310,22 @@ def test_heads_output_input_resolution_for_odd_sizes(head):
 
 
 def test_recipe_defaults():
-    fpn = SegmentationModel(TinyBackbone(), 150, head="fpn")
-    assert fpn.neck.out_channels == 256 and fpn.decode_head.predictor.in_channels == 128
-    assert fpn.decode_head.dropout.p == 0.1
+    fpn = SegmentationModel(TinyBackbone(), 150, head="fpn")  # mmseg's Semantic FPN: BatchNorm head
+    assert isinstance(fpn.decode_head, FPNHead) and isinstance(fpn.neck, ConvFPNNeck)
+    assert fpn.neck.out_channels == 256 and fpn.decode_head.conv_seg.in_channels == 128
+    assert fpn.decode_head.dropout.p == 0.1 and fpn.decode_head.feature_strides == (4, 8, 16, 32)
+    assert not any(isinstance(m, nn.GroupNorm) for m in fpn.modules())
+    gn = SegmentationModel(TinyBackbone(), 150, head="fpn-gn")  # the Detectron2 GroupNorm head
+    assert isinstance(gn.decode_head, SemanticFPNHead) and gn.decode_head.predictor.in_channels == 128
+    assert gn.decode_head.dropout.p == 0.1 and gn.decode_head.scale_heads[0][0][1].num_groups == 32
     uper = SegmentationModel(TinyBackbone(), 150, head="upernet")
     assert uper.decode_head.channels == 512 and uper.decode_head.pool_scales == (1, 2, 3, 6)
     assert uper.auxiliary_head.in_channels == 64 and uper.auxiliary_head.convs[0].out_channels == 256
     assert SegmentationModel(TinyBackbone(), 3, head="upernet", aux_head=False).auxiliary_head is None
     with pytest.raises(ValueError, match=r"unknown keyword\(s\) \['channels'\] for head='fpn'"):
         SegmentationModel(TinyBackbone(), 3, head="fpn", channels=64)
+    with pytest.raises(ValueError, match=r"unknown keyword\(s\) \['num_groups'\] for head='fpn'"):
+        SegmentationModel(TinyBackbone(), 3, head="fpn", num_groups=8)
     with pytest.raises(ValueError, match="pass in_channels"):
         SegmentationModel(nn.Conv2d(3, 8, 1), 3)
     with pytest.raises(ValueError, match="head must be one of"):

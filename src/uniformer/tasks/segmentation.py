@@ -1,7 +1,9 @@
 """Semantic segmentation on top of any four-level backbone (spec ``uniformer.md`` §5.3, ``ecosystem.md`` §5): an
 ADE20K-layout dataset, mmseg-style joint image/mask transforms, the Semantic FPN, VT-FPN and UperNet (+ FCN auxiliary)
 heads wrapped in :class:`SegmentationModel`, whole-image and sliding-window inference, the dataset-level mIoU metric
-and colour overlays. The Semantic FPN and VT-FPN necks/heads are those of :mod:`uniformer.tasks.vt_fpn`.
+and colour overlays. The FPN / VT-FPN necks and the GroupNorm FPN head are those of :mod:`uniformer.tasks.vt_fpn`;
+the mmseg heads (BatchNorm Semantic FPN, UperNet, FCN) and the official mmseg models are in
+:mod:`uniformer.tasks.seg_heads`.
 """
 from __future__ import annotations
 
@@ -22,10 +24,12 @@ from torch.utils.data import Dataset
 
 from ..checkpoint import atomic_path
 from ..data import load_image
+from .seg_heads import AUX_LOSS_WEIGHT, ConvBNReLU, FCNAuxHead, FPNHead, UperNetHead
 from .vt_fpn import ConvFPNNeck, SemanticFPNHead, VTFPNNeck, check_feature_levels
 
 __all__ = [
-    "SegmentationDataset", "SegTrainTransform", "SegEvalTransform", "UperNetHead", "FCNAuxHead", "SegmentationModel",
+    "SegmentationDataset", "SegTrainTransform", "SegEvalTransform", "ConvBNReLU", "FPNHead", "UperNetHead",
+    "FCNAuxHead", "SegmentationModel",
     "slide_inference", "whole_inference", "predict_mask", "SegmentationMetric", "segmentation_palette",
     "save_overlay", "backbone_channels", "IGNORE_INDEX",
 ]
@@ -34,8 +38,7 @@ PathLike = Union[str, os.PathLike]
 IGNORE_INDEX = 255
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SIZE_DIVISOR = 32  # inputs are padded to a multiple of the coarsest backbone stride
-HEADS = ("fpn", "vt-fpn", "upernet")
-AUX_LOSS_WEIGHT = 0.4
+HEADS = ("fpn", "fpn-gn", "vt-fpn", "upernet")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -406,106 +409,12 @@ class SegEvalTransform:
 # heads and model
 # ----------------------------------------------------------------------------------------------------------------------
 
-class ConvBNReLU(nn.Sequential):
-    """mmcv ``ConvModule`` with BN and ReLU: bias-free ``k``×``k`` conv (same padding), BatchNorm, ReLU."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1) -> None:
-        super().__init__(nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
-                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
-
-
-def _init_head(module: nn.Module, classifier: nn.Conv2d) -> None:
-    """mmseg decode-head init: Kaiming-normal (fan_out, ReLU) convs, unit BN, classifier N(0, 0.01), zero biases."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-    nn.init.normal_(classifier.weight, std=0.01)
-    nn.init.zeros_(classifier.bias)
-
-
-class UperNetHead(nn.Module):
-    """UperNet decode head (mmseg ``UPerHead``): a pyramid pooling module on the last level (adaptive average pools
-    ``pool_scales``, each 1×1 conv-BN-ReLU to ``channels`` and bilinearly upsampled, concatenated with the input, 3×3
-    conv-BN-ReLU bottleneck), 1×1 conv-BN-ReLU laterals on the other levels, a bilinear top-down path with additions,
-    3×3 conv-BN-ReLU FPN convs, every level upsampled to the finest one, concatenated, fused by a 3×3 conv-BN-ReLU,
-    dropout and a 1×1 classifier. ``forward(features)`` → logits (B, K, H_0, W_0) at the first level's resolution.
-    Note that the pool-scale-1 branch's BN needs more than one sample per batch in training mode.
-    """
-
-    def __init__(self, in_channels: Sequence[int], num_classes: int, channels: int = 512,
-                 pool_scales: Sequence[int] = (1, 2, 3, 6), dropout: float = 0.1) -> None:
-        super().__init__()
-        self.in_channels = tuple(int(c) for c in in_channels)
-        if len(self.in_channels) < 1 or any(c <= 0 for c in self.in_channels):
-            raise ValueError(f"in_channels must be a non-empty list of positive ints, got {in_channels}")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
-        self.num_classes, self.channels, self.pool_scales = num_classes, channels, tuple(pool_scales)
-        top = self.in_channels[-1]
-        self.psp_modules = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(s), ConvBNReLU(top, channels, 1)) for s in self.pool_scales)
-        self.bottleneck = ConvBNReLU(top + len(self.pool_scales) * channels, channels, 3)
-        self.lateral_convs = nn.ModuleList(ConvBNReLU(c, channels, 1) for c in self.in_channels[:-1])
-        self.fpn_convs = nn.ModuleList(ConvBNReLU(channels, channels, 3) for _ in self.in_channels[:-1])
-        self.fpn_bottleneck = ConvBNReLU(len(self.in_channels) * channels, channels, 3)
-        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
-        _init_head(self, self.conv_seg)
-
-    def _ppm(self, x: torch.Tensor) -> torch.Tensor:
-        outs = [x] + [F.interpolate(m(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
-                      for m in self.psp_modules]
-        return self.bottleneck(torch.cat(outs, dim=1))
-
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        check_feature_levels(features, self.in_channels, type(self).__name__)
-        laterals = [conv(f) for conv, f in zip(self.lateral_convs, features)] + [self._ppm(features[-1])]
-        for i in range(len(laterals) - 1, 0, -1):
-            laterals[i - 1] = laterals[i - 1] + F.interpolate(
-                laterals[i], size=laterals[i - 1].shape[-2:], mode="bilinear", align_corners=False)
-        outs = [conv(lat) for conv, lat in zip(self.fpn_convs, laterals[:-1])] + [laterals[-1]]
-        size = outs[0].shape[-2:]
-        outs = [outs[0]] + [F.interpolate(o, size=size, mode="bilinear", align_corners=False) for o in outs[1:]]
-        return self.conv_seg(self.dropout(self.fpn_bottleneck(torch.cat(outs, dim=1))))
-
-
-class FCNAuxHead(nn.Module):
-    """Auxiliary FCN head (mmseg ``FCNHead``, num_convs 1, no input concat) on level ``in_index`` (stage 3 by
-    default): 3×3 conv-BN-ReLU to ``channels``, dropout, 1×1 classifier. ``forward(features)`` takes the full list of
-    levels (or the single map) → logits (B, K, H_i, W_i). ``loss_weight`` (0.4) is read by
-    :meth:`SegmentationModel.loss`.
-    """
-
-    def __init__(self, in_channels: int, num_classes: int, channels: int = 256, in_index: int = 2,
-                 dropout: float = 0.1, loss_weight: float = AUX_LOSS_WEIGHT) -> None:
-        super().__init__()
-        if in_channels <= 0 or num_classes < 1:
-            raise ValueError(f"in_channels and num_classes must be positive, got {in_channels} and {num_classes}")
-        self.in_channels, self.num_classes, self.in_index = in_channels, num_classes, in_index
-        self.loss_weight = float(loss_weight)
-        self.convs = ConvBNReLU(in_channels, channels, 3)
-        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
-        _init_head(self, self.conv_seg)
-
-    def forward(self, features: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
-        x = features if isinstance(features, torch.Tensor) else features[self.in_index]
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"{type(self).__name__} expects a (B, {self.in_channels}, H, W) map, "
-                             f"got {tuple(x.shape)}")
-        return self.conv_seg(self.dropout(self.convs(x)))
-
-
-_FPN_KWARGS = ("neck_channels", "head_channels", "num_groups", "dropout")
+_FPN_KWARGS = ("neck_channels", "head_channels", "dropout")
 _VT_KWARGS = ("num_tokens", "token_dim", "num_heads", "pix_groups", "kqv_groups", "token_groups", "ffn_dim",
               "pos_enc", "top_down")
 _UPER_KWARGS = ("channels", "pool_scales", "dropout")
-_AUX_KWARGS = ("aux_channels", "aux_in_index", "aux_dropout", "aux_weight")
+_AUX_KWARGS = ("aux_channels", "aux_in_index", "aux_dropout", "aux_weight", "aux_num_convs", "aux_kernel_size",
+               "aux_concat_input")
 
 
 def backbone_channels(backbone: nn.Module) -> List[int]:
@@ -525,15 +434,20 @@ def backbone_channels(backbone: nn.Module) -> List[int]:
 class SegmentationModel(nn.Module):
     """Backbone + segmentation head. The backbone's ``forward`` returns a list (or dict) of NCHW maps at strides
     4/8/16/32 with channels ``in_channels`` (default: ``backbone.out_channels`` or timm ``feature_info``). ``head``:
-    'fpn' (Semantic FPN: :class:`~uniformer.tasks.vt_fpn.ConvFPNNeck` to ``neck_channels`` (256) +
-    :class:`~uniformer.tasks.vt_fpn.SemanticFPNHead` with ``head_channels`` (128), ``num_groups`` (32), ``dropout``
-    (0.1)), 'vt-fpn' (:class:`~uniformer.tasks.vt_fpn.VTFPNNeck`, which also takes its own keywords, + the same
-    head) or 'upernet' (:class:`UperNetHead` with ``channels`` (512), ``pool_scales``, ``dropout`` (0.1)).
-    ``aux_head`` (default: True for UperNet only) adds an :class:`FCNAuxHead` (``aux_channels`` 256, ``aux_in_index``
-    2, ``aux_dropout`` 0.1, ``aux_weight`` 0.4). mmseg module names: ``backbone``, ``neck``, ``decode_head``,
-    ``auxiliary_head``. ``forward(x)`` pads x to a multiple of 32, upsamples the logits bilinearly and crops them
-    back → (B, K, H, W) for any H, W; in training mode with an aux head it returns ``(logits, aux_logits)``, both at
-    input resolution. :meth:`loss` is cross-entropy with ignore index 255 (+ ``aux_weight`` × the aux CE).
+    'fpn' (Semantic FPN as mmseg and the official UniFormer models: :class:`~uniformer.tasks.vt_fpn.ConvFPNNeck` to
+    ``neck_channels`` (256) + the BatchNorm :class:`~uniformer.tasks.seg_heads.FPNHead` with ``head_channels`` (128)
+    and ``dropout`` (0.1)), 'fpn-gn' (the same neck + the GroupNorm Detectron2 head
+    :class:`~uniformer.tasks.vt_fpn.SemanticFPNHead`, which also takes ``num_groups`` (32)), 'vt-fpn'
+    (:class:`~uniformer.tasks.vt_fpn.VTFPNNeck`, which also takes its own keywords, + the GroupNorm head) or
+    'upernet' (:class:`UperNetHead` with ``channels`` (512), ``pool_scales``, ``dropout`` (0.1)). ``aux_head``
+    (default: True for UperNet only) adds an :class:`FCNAuxHead` (``aux_channels`` 256, ``aux_in_index`` 2,
+    ``aux_dropout`` 0.1, ``aux_weight`` 0.4, ``aux_num_convs`` 1, ``aux_kernel_size`` 3, ``aux_concat_input``
+    False). mmseg module names: ``backbone``, ``neck``, ``decode_head``, ``auxiliary_head``; official mmseg
+    models are built by :func:`~uniformer.tasks.seg_heads.build_mmseg_segmentor`. ``forward(x)`` pads x to a
+    multiple of 32, upsamples the logits bilinearly and crops them back → (B, K, H, W) for any H, W (mmseg's own
+    test, without padding, is :func:`~uniformer.tasks.seg_heads.mmseg_inference`); in training mode with an aux head
+    it returns ``(logits, aux_logits)``, both at input resolution. :meth:`loss` is cross-entropy with ignore index
+    255 (+ ``aux_weight`` × the aux CE).
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, head: str = "fpn",
@@ -551,7 +465,8 @@ class SegmentationModel(nn.Module):
             raise ValueError(f"in_channels must be positive ints, got {self.in_channels}")
         self.ignore_index, self.size_divisor = IGNORE_INDEX, SIZE_DIVISOR
         use_aux = head == "upernet" if aux_head is None else bool(aux_head)
-        allowed = {"fpn": _FPN_KWARGS, "vt-fpn": _FPN_KWARGS + _VT_KWARGS, "upernet": _UPER_KWARGS}[head]
+        allowed = {"fpn": _FPN_KWARGS, "fpn-gn": _FPN_KWARGS + ("num_groups",),
+                   "vt-fpn": _FPN_KWARGS + ("num_groups",) + _VT_KWARGS, "upernet": _UPER_KWARGS}[head]
         allowed = allowed + (_AUX_KWARGS if use_aux else ())
         unknown = sorted(set(head_kwargs) - set(allowed))
         if unknown:
@@ -564,14 +479,17 @@ class SegmentationModel(nn.Module):
             self.decode_head: nn.Module = UperNetHead(self.in_channels, num_classes, **kw)
         else:
             neck_channels = int(kw.pop("neck_channels", 256))
-            head_kw = dict(channels=int(kw.pop("head_channels", 128)), num_groups=int(kw.pop("num_groups", 32)),
-                           dropout=float(kw.pop("dropout", 0.1)))
-            if head == "fpn":
-                self.neck = ConvFPNNeck(self.in_channels, neck_channels)
+            channels, dropout = int(kw.pop("head_channels", 128)), float(kw.pop("dropout", 0.1))
+            if head == "vt-fpn":
+                self.neck = VTFPNNeck(self.in_channels, neck_channels, **{k: kw.pop(k) for k in _VT_KWARGS if k in kw})
             else:
-                self.neck = VTFPNNeck(self.in_channels, neck_channels, **kw)
-            self.decode_head = SemanticFPNHead(num_classes, neck_channels, num_levels=len(self.in_channels),
-                                               **head_kw)
+                self.neck = ConvFPNNeck(self.in_channels, neck_channels)
+            if head == "fpn":
+                strides = tuple(4 * 2 ** i for i in range(len(self.in_channels)))
+                self.decode_head = FPNHead(num_classes, neck_channels, channels, strides, dropout)
+            else:
+                self.decode_head = SemanticFPNHead(num_classes, neck_channels, channels, len(self.in_channels),
+                                                   num_groups=int(kw.pop("num_groups", 32)), dropout=dropout)
         self.auxiliary_head: Optional[FCNAuxHead] = None
         if use_aux:
             index = int(aux_kw.get("aux_in_index", 2))
@@ -580,7 +498,10 @@ class SegmentationModel(nn.Module):
             self.auxiliary_head = FCNAuxHead(self.in_channels[index], num_classes,
                                              channels=int(aux_kw.get("aux_channels", 256)), in_index=index,
                                              dropout=float(aux_kw.get("aux_dropout", 0.1)),
-                                             loss_weight=float(aux_kw.get("aux_weight", AUX_LOSS_WEIGHT)))
+                                             loss_weight=float(aux_kw.get("aux_weight", AUX_LOSS_WEIGHT)),
+                                             num_convs=int(aux_kw.get("aux_num_convs", 1)),
+                                             kernel_size=int(aux_kw.get("aux_kernel_size", 3)),
+                                             concat_input=bool(aux_kw.get("aux_concat_input", False)))
 
     def extract_features(self, x: torch.Tensor) -> List[torch.Tensor]:
         """The backbone's feature maps as a list, checked against ``in_channels``."""
