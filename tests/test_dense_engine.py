@@ -26,7 +26,7 @@ from test_segmentation import CLASSES, write_split
 TINY = ["--model", "uniformer_small_dense", "--model-args",
         '{"depth": [1, 1, 2, 1], "embed_dim": [16, 32, 64, 128], "head_dim": 16}',
         "--workers", "0", "--batch-size", "2", "--warmup-epochs", "0"]
-SEG = ["--task", "segmentation", *TINY, "--head-args", '{"neck_channels": 32, "head_channels": 32, "num_groups": 8}',
+SEG = ["--task", "segmentation", *TINY, "--head-args", '{"neck_channels": 32, "head_channels": 32}',
        "--img-size", "64", "--seg-scale", "80", "64"]
 DET = ["--task", "detection", *TINY, "--head-args", '{"fpn_channels": 64, "box_batch_size_per_image": 64}',
        "--img-size", "128", "--max-size", "160"]

@@ -85,8 +85,12 @@ class TrainConfig:
                                    choices=("prob", "logits"))
     skip_bad: bool = option(False, "video: skip unreadable or too-short videos with a warning instead of stopping")
     # dense tasks (--task segmentation / detection / pose)
-    head: str = option("fpn", "segmentation head: Semantic FPN (fpn), UperNet with an FCN auxiliary head (upernet) or "
-                              "VT-FPN (vt-fpn)", choices=("fpn", "upernet", "vt-fpn"))
+    head: str = option("fpn", "segmentation head: Semantic FPN with mmseg's BatchNorm head (fpn), the same with the "
+                              "Detectron2 GroupNorm head (fpn-gn), UperNet with an FCN auxiliary head (upernet) or "
+                              "VT-FPN (vt-fpn)", choices=("fpn", "fpn-gn", "upernet", "vt-fpn"))
+    detector: str = option("mask_rcnn", "detection: torchvision Mask R-CNN (mask_rcnn) or the official mmdet Cascade "
+                                        "Mask R-CNN 3x heads (cascade_mask_rcnn)",
+                           choices=("mask_rcnn", "cascade_mask_rcnn"))
     head_args: Dict[str, Any] = option({}, "dense heads: keyword overrides as JSON, e.g. '{\"neck_channels\": 128}' "
                                            "(segmentation), '{\"fpn_channels\": 128}' (detection), "
                                            "'{\"deconv_channels\": 128}' (pose)")
@@ -269,6 +273,8 @@ def validate(config: TrainConfig) -> None:
          f"--num-classes must be in 1..255, got {config.num_classes}"),
         (config.seg_scale is None or min(config.seg_scale) >= 1,
          f"--seg-scale needs two positive sides, got {config.seg_scale}"),
+        (config.detector == "mask_rcnn" or config.task == "detection",
+         f"--detector {config.detector} applies only to --task detection, not to --task {config.task}"),
         (config.max_size is None or config.max_size >= (config.img_size or 800),
          f"--max-size must be at least the short side ({config.img_size or 800}), got {config.max_size}"),
     ]

@@ -311,7 +311,7 @@ class PoseTask(DenseTask):
             heatmaps = self._heatmaps(model, images.to(ctx.device))
             keypoints, maxvals = decode_heatmaps(heatmaps, meta["center"], meta["scale"])
             results += keypoint_results(keypoints, maxvals, meta["image_id"].tolist(), meta["score"].tolist(),
-                                        category_id=dataset.person_cat_ids[0])
+                                        category_id=dataset.person_cat_ids[0], scales=meta["scale"])
         return evaluate_keypoints(dataset.coco, gather(results, ctx), img_ids=sorted(dataset.coco.getImgIds()))
 
     def describe(self) -> str:
@@ -322,22 +322,20 @@ class PoseTask(DenseTask):
     def predict(self, model: nn.Module, image: Path, output: Path, boxes: Optional[Sequence[Sequence[float]]] = None,
                 **options: Any) -> str:
         from ..data import load_image
-        from ..tasks.pose import affine_matrix, box_to_center_scale, decode_heatmaps, person_crop, save_pose_overlay
+        from ..tasks.pose import box_to_center_scale, decode_heatmaps, save_pose_overlay, topdown_crop
 
         c = self.data_config
         img = load_image(image)
         boxes = [list(b) for b in boxes] if boxes else [[0.0, 0.0, float(img.width), float(img.height)]]
         size = tuple(c["input_size"])
-        mean = torch.tensor(c["mean"]).view(3, 1, 1)
-        std = torch.tensor(c["std"]).view(3, 1, 1)
         centers, scales, crops = [], [], []
         for box in boxes:
             if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
                 raise ValueError(f"a person box is X Y W H with positive W and H, got {box}")
-            center, scale = box_to_center_scale(box, size[1] / size[0])
+            center, scale = box_to_center_scale(box, (size[1], size[0]))  # scale in units of 200 px (mmpose)
             centers.append(center)
             scales.append(scale)
-            crops.append(person_crop(img, affine_matrix(center, scale, size), size, mean, std))
+            crops.append(topdown_crop(img, center, scale, size, mean=c["mean"], std=c["std"]))
         heatmaps = self._heatmaps(model.eval(), torch.stack(crops))
         keypoints, maxvals = decode_heatmaps(heatmaps, np.stack(centers), np.stack(scales))
         save_pose_overlay(img, torch.cat([keypoints, maxvals], dim=-1), output)
@@ -408,6 +406,8 @@ def train_dense(config: TrainConfig, ctx: DistContext, log: Callable[[str], None
     if task.classes(val_set) != classes:
         raise ValueError(f"train and val classes differ: {classes} vs {task.classes(val_set)}")
     head_args = dict(config.head_args, **({"head": config.head} if config.task == "segmentation" else {}))
+    if config.task == "detection" and (config.detector != "mask_rcnn" or "detector" not in head_args):
+        head_args["detector"] = config.detector
     model = build_task_model(config.task, config.model, len(classes), model_args=config.model_args,
                              head_args=head_args, data_config=data_config, label_names=classes,
                              drop_path_rate=config.drop_path)

@@ -58,9 +58,11 @@ def build_task_model(
 
     - ``segmentation``: :class:`~uniformer.tasks.segmentation.SegmentationModel` with ``num_classes`` classes;
       ``head_args``: ``head`` ('fpn', 'upernet', 'vt-fpn') and that head's keywords.
-    - ``detection``: torchvision Mask R-CNN via :func:`~uniformer.tasks.detection.build_mask_rcnn` for
-      ``num_classes`` object classes (+ background); ``head_args``: ``fpn_channels`` and ``MaskRCNN`` keywords;
-      ``data_config``: ``min_size``, ``max_size``.
+    - ``detection``: ``head_args['detector']`` 'mask_rcnn' (default): torchvision Mask R-CNN via
+      :func:`~uniformer.tasks.detection.build_mask_rcnn` for ``num_classes`` object classes (+ background),
+      ``head_args``: ``fpn_channels`` and ``MaskRCNN`` keywords; 'cascade_mask_rcnn': the official mmdet Cascade Mask
+      R-CNN 3x heads via :func:`~uniformer.tasks.mmdet_rcnn.build_mmdet_detector`, ``head_args``: the options of
+      :func:`~uniformer.tasks.mmdet_rcnn.cascade_task_config`; ``data_config``: ``min_size``, ``max_size``.
     - ``pose``: :class:`~uniformer.tasks.pose.TopDownPoseModel` with ``num_classes`` joints; ``head_args``:
       ``deconv_channels``, ``num_deconv``.
     """
@@ -80,11 +82,19 @@ def build_task_model(
         head = kwargs.pop("head", "fpn")
         model = SegmentationModel(body, num_classes, head=head, in_channels=channels, **kwargs)
     elif task == "detection":
-        from .detection import build_mask_rcnn
-
         kwargs = dict(head_args)
-        model = build_mask_rcnn(body, channels, num_classes + 1, min_size=int(data_config.get("min_size", 800)),
-                                max_size=int(data_config.get("max_size", 1333)), **kwargs)
+        detector = kwargs.pop("detector", "mask_rcnn")
+        sizes = dict(min_size=int(data_config.get("min_size", 800)), max_size=int(data_config.get("max_size", 1333)))
+        if detector == "mask_rcnn":
+            from .detection import build_mask_rcnn
+
+            model = build_mask_rcnn(body, channels, num_classes + 1, **sizes, **kwargs)
+        elif detector == "cascade_mask_rcnn":
+            from .mmdet_rcnn import build_mmdet_detector, cascade_task_config
+
+            model = build_mmdet_detector(cascade_task_config(num_classes, channels, **kwargs), body, **sizes)
+        else:
+            raise ValueError(f"detector must be 'mask_rcnn' or 'cascade_mask_rcnn', got {detector!r}")
     else:
         from .pose import TopDownPoseModel
 
