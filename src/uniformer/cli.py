@@ -39,9 +39,45 @@ def default_input(model: torch.nn.Module, side: Optional[int] = None) -> tuple:
     return (c, h, w)
 
 
+def _print_table(header: Sequence[str], rows: List[Sequence[str]], left: Sequence[int]) -> None:
+    widths = [max(len(r[i]) for r in list(rows) + [header]) for i in range(len(header))]
+    for row in [header] + rows:
+        print("  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+
+
+def cmd_models_dense(args: argparse.Namespace) -> int:
+    """The official dense configs: task, head, backbone, published numbers, exact params, optional GFLOPs."""
+    import fnmatch
+
+    from .flops import official_dense_flops
+    from .tasks.official import from_official_config
+    from .tasks.official_zoo import OFFICIAL_DENSE_CONFIGS
+
+    entries = [e for e in OFFICIAL_DENSE_CONFIGS.values() if fnmatch.fnmatch(e.name, args.pattern)]
+    if not entries:
+        raise CliError(f"no official dense config matches {args.pattern!r}; run `uniformer models --task dense`")
+    rows = []
+    for e in entries:
+        with torch.device("meta"):  # exact parameter counts without allocating the weights
+            params = sum(p.numel() for p in from_official_config(e.name).parameters())
+        flops = "-"
+        if args.flops is True:
+            flops = f"{official_dense_flops(from_official_config(e.name), e) / 1e9:.1f}"
+        metrics = ", ".join(f"{k} {v}" for k, v in e.metrics.items())
+        rows.append((e.name, e.task, e.family, f"{e.size} {e.attention}", f"{params / 1e6:.2f}", flops,
+                     "x".join(map(str, e.flops_input)), metrics))
+    _print_table(("official config", "task", "head", "backbone", "params (M)", "GFLOPs", "at", "published"), rows,
+                 left=(0, 1, 2, 3, 6, 7))
+    print("\nRun one: uniformer predict --official-config NAME_OR_FILE --checkpoint OFFICIAL.pth IMAGE (docs/dense.md)."
+          + ("" if args.flops is True else " GFLOPs: add --flops (fvcore, a few seconds per config)."))
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from . import checkpoint_tags, create_model, list_models
 
+    if args.task == "dense":
+        return cmd_models_dense(args)
     names = list_models(args.pattern)
     if not names:
         raise CliError(f"no model matches {args.pattern!r}; run `uniformer models` to list them all")
@@ -51,14 +87,11 @@ def cmd_models(args: argparse.Namespace) -> int:
         size = default_input(model)
         tags = checkpoint_tags(name)
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        flops = f"{_gflops(model, size):.3f}" if args.flops else "-"
+        flops = f"{_gflops(model, size):.3f}" if args.flops is not False else "-"
         rows.append((name, f"{params:.2f}", flops, "x".join(map(str, size[1:])), ", ".join(tags)))
         del model
-    header = ("model", "params (M)", "GFLOPs", "input", "checkpoint tags")
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-    for row in [header] + rows:
-        print("  ".join(c.ljust(w) if i in (0, 3, 4) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip())
-    if args.flops:
+    _print_table(("model", "params (M)", "GFLOPs", "input", "checkpoint tags"), rows, left=(0, 3, 4))
+    if args.flops is not False:
         print("\nGFLOPs: fvcore multiply-adds at the default input, batch 1 (the papers' convention); video: per view "
               "(T x H x W).")
     return 0
@@ -303,8 +336,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="show informational log messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("models", help="list the models with params, GFLOPs, input size and checkpoint tags")
-    p.add_argument("pattern", nargs="?", default="*", help="shell-style name filter, e.g. 'uniformer_*tl*'")
+    p = sub.add_parser("models", help="list the models with params, GFLOPs, input size and checkpoint tags; "
+                                      "--task dense: the official detection / segmentation / pose configs")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style name filter, e.g. 'uniformer_*tl*' or "
+                                                           "'mask_rcnn*'")
+    p.add_argument("--task", choices=("classification", "dense"), default="classification",
+                   help="classification backbones (default) or the official dense configs with their published "
+                        "numbers")
+    p.add_argument("--flops", dest="flops", action="store_true", default=None,
+                   help="count fvcore GFLOPs (default for classification; dense: at the official tables' input)")
     p.add_argument("--no-flops", dest="flops", action="store_false", help="skip the fvcore FLOP count (faster)")
     p.set_defaults(func=cmd_models)
 

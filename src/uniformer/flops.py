@@ -1,0 +1,84 @@
+"""FLOPs of the official dense models as the official tables count them (fvcore multiply-adds, attention matmuls
+included, batch 1), at the input size those tables use:
+
+- segmentation (mmseg ``get_flops``, 512×2048): backbone, neck and decode head (the auxiliary head is training-only);
+- detection (mmdet ``get_flops``/``forward_dummy``, 800×1280): backbone, FPN and RPN head, then every box head on
+  1000 RoIs and every mask head on 100 RoIs (RoIAlign itself counts 0, as in mmcv's counter);
+- pose (mmpose ``get_flops``, the crop size, e.g. 256×192): backbone and keypoint head.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from .tasks.official_zoo import OfficialConfig
+from .utils import count_flops
+
+__all__ = ["official_dense_flops", "DETECTION_ROIS", "MASK_ROIS"]
+
+DETECTION_ROIS = 1000  # mmdet forward_dummy: 1000 proposals through the box head(s) ...
+MASK_ROIS = 100  # ... and the first 100 through the mask head(s)
+
+
+class _Seq(nn.Module):
+    """Runs ``steps`` in order, flattening list outputs into the next step's input."""
+
+    def __init__(self, steps: Sequence[nn.Module], keep_last: bool = False) -> None:
+        super().__init__()
+        self.steps = nn.ModuleList(steps)
+        self.keep_last = keep_last
+
+    def forward(self, x):
+        for step in self.steps:
+            x = step(x)
+        if self.keep_last and isinstance(x, (list, tuple)):
+            x = x[-1]
+        return x
+
+
+def _seg_flops(model: nn.Module, size: Tuple[int, int]) -> int:
+    return count_flops(_Seq([model.backbone, model.neck, model.decode_head]), (1, 3, *size))
+
+
+def _pose_flops(model: nn.Module, size: Tuple[int, int]) -> int:
+    return count_flops(_Seq([model.backbone, _Last(), model.keypoint_head]), (1, 3, *size))
+
+
+class _Last(nn.Module):
+    def forward(self, x):
+        return x[-1] if isinstance(x, (list, tuple)) else x
+
+
+def _det_flops(model: nn.Module, size: Tuple[int, int]) -> int:
+    """Backbone + FPN + RPN head on the padded image, plus the RoI heads on fixed RoI batches."""
+    from .tasks.mmdet_rcnn import roi_head_modules
+
+    class _Dense(nn.Module):
+        def __init__(self, detector: nn.Module) -> None:
+            super().__init__()
+            self.backbone, self.rpn_head = detector.backbone, detector.rpn.head
+
+        def forward(self, x):
+            feats = list(self.backbone(x).values())
+            return self.rpn_head(feats)
+
+    pad = tuple(-(-s // 32) * 32 for s in size)
+    total = count_flops(_Dense(model), (1, 3, *pad))
+    for head, roi_size, rois in roi_head_modules(model):
+        channels = model.backbone.out_channels
+        n = DETECTION_ROIS if rois == "box" else MASK_ROIS
+        total += count_flops(head, (n, channels, roi_size, roi_size))
+    return total
+
+
+def official_dense_flops(model: nn.Module, entry: OfficialConfig, input_size: Optional[Tuple[int, int]] = None) -> int:
+    """FLOPs of an official dense model (see the module docstring) at ``input_size`` (H, W; default the size the
+    official tables use for ``entry``)."""
+    size = tuple(input_size or entry.flops_input)
+    if entry.task == "segmentation":
+        return _seg_flops(model, size)
+    if entry.task == "pose":
+        return _pose_flops(model, size)
+    return _det_flops(model, size)
