@@ -50,6 +50,7 @@ def cmd_models_dense(args: argparse.Namespace) -> int:
     import fnmatch
 
     from .flops import official_dense_flops
+    from .tasks.mmdet_rcnn import mmdet_num_parameters
     from .tasks.official import from_official_config
     from .tasks.official_zoo import OFFICIAL_DENSE_CONFIGS
 
@@ -59,7 +60,9 @@ def cmd_models_dense(args: argparse.Namespace) -> int:
     rows = []
     for e in entries:
         with torch.device("meta"):  # exact parameter counts without allocating the weights
-            params = sum(p.numel() for p in from_official_config(e.name).parameters())
+            model = from_official_config(e.name)
+        # torchvision's detectors carry background box-regression rows mmdet has not: count as mmdet does
+        params = mmdet_num_parameters(model) if e.task == "detection" else sum(p.numel() for p in model.parameters())
         flops = "-"
         if args.flops is True:
             flops = f"{official_dense_flops(from_official_config(e.name), e) / 1e9:.1f}"
@@ -181,6 +184,20 @@ def load_model_for_inference(
     return model
 
 
+def official_model(args: argparse.Namespace) -> torch.nn.Module:
+    """The official dense model of ``--official-config`` with the official ``--checkpoint`` loaded strictly."""
+    from .tasks.official import from_official_config
+
+    for flag, value in (("--model", args.model), ("--num-classes", getattr(args, "num_classes", None))):
+        if value is not None:
+            raise CliError(f"{flag} does not apply with --official-config (the config defines the model)")
+    path = Path(args.checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"official checkpoint not found: {path} (a .pth file as the official repository "
+                                "publishes it)")
+    return from_official_config(args.official_config, path)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from timm.data import create_transform, resolve_data_config
 
@@ -188,7 +205,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.topk < 1:
         raise CliError(f"--topk must be at least 1, got {args.topk}")
-    model = load_model_for_inference(args.model, args.checkpoint, args.num_classes).eval()
+    if args.official_config:
+        model = official_model(args)
+    else:
+        model = load_model_for_inference(args.model, args.checkpoint, args.num_classes).eval()
+    if (getattr(model, "task_config", None) or {}).get("official_model"):  # the official test pipeline, whole
+        from .engine.official import predict_official
+
+        for png, summary in predict_official(model, args.images, args.output_dir, boxes=args.box,
+                                             score_threshold=args.score_threshold):
+            print(f"{png}  {summary}")
+        return 0
     if getattr(model, "task_config", None) is not None:  # segmentation / detection / pose: overlay PNGs
         from .engine.dense import predict_task_images
 
@@ -241,8 +268,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.batch_size is not None and args.batch_size < 1:
         raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.official_config or args.limit is not None:
+        return _eval_official(args)
     path = resolve_checkpoint_path(args.checkpoint)
     saved = read_model_config(path) if path.exists() else None
+    if saved is not None and saved.get("official_model"):
+        return _eval_official(args)
     if saved is not None and saved.get("task"):  # a segmentation / detection / pose model
         from .engine.dense import evaluate_task_checkpoint, format_metrics
 
@@ -264,6 +295,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                  sampler=args.sampler, aggregation=args.view_aggregation, skip_bad=args.skip_bad)
     print(f"acc1 {result['acc1']:.2f}% ({int(result['correct1'])}/{int(result['count'])})  "
           f"acc5 {result['acc5']:.2f}%  loss {result['loss']:.4f}")
+    return 0
+
+
+def _eval_official(args: argparse.Namespace) -> int:
+    """``eval`` of an official dense model (``--official-config`` + official checkpoint, or a folder saved from one):
+    the official test pipeline and metrics on ``--data``."""
+    from .engine.dense import format_metrics
+    from .engine.official import OFFICIAL_SHOWN, evaluate_official
+
+    for flag, value in (("--inference", args.inference), ("--img-size", args.img_size), ("--views", args.views),
+                        ("--num-frames", args.num_frames), ("--frame-stride", args.frame_stride),
+                        ("--sampler", args.sampler)):
+        if value is not None:
+            raise CliError(f"{flag} does not apply to official dense models (their config fixes the test pipeline)")
+    if args.official_config:
+        model = official_model(args)
+    else:
+        model = load_model_for_inference(None, args.checkpoint)
+        if not (getattr(model, "task_config", None) or {}).get("official_model"):
+            raise CliError("--limit applies to official dense models only (--official-config or a folder saved "
+                           "from one)")
+    if args.data is None:
+        raise CliError("--data is required for an official model: an ADE20K-layout folder (segmentation) or a "
+                       "COCO-layout folder (detection, pose); see docs/dense.md")
+    metrics = evaluate_official(model, args.data, split=args.split, person_boxes=args.person_boxes,
+                                skip_bad=args.skip_bad, limit=args.limit, device=args.device)
+    shown = OFFICIAL_SHOWN[model.task_config["task"]]
+    print(format_metrics(metrics, [k for k in shown if k in metrics]))
+    others = [k for k in metrics if k not in shown]
+    if others:
+        print("  " + format_metrics(metrics, others))
     return 0
 
 
@@ -369,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="detection models: draw detections scoring at least this (default: 0.5)")
     p.add_argument("--box", type=float, nargs=4, action="append", metavar=("X", "Y", "W", "H"),
                    help="pose models: a person box in pixels; repeat for several people (default: the whole image)")
+    _official_argument(p)
     p.set_defaults(func=cmd_predict)
 
     from .engine.config import add_train_arguments
@@ -403,6 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                    "inference (default: as trained)")
     p.add_argument("--person-boxes", help="pose: evaluate on these person detections (COCO results JSON) instead "
                                           "of the ground-truth boxes")
+    _official_argument(p)
+    p.add_argument("--limit", type=int, help="official dense models: score only the first N images (a quick check)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(
@@ -461,6 +526,12 @@ def _prediction_arguments(p: argparse.ArgumentParser, default_labels: str) -> No
     p.add_argument("--topk", type=int, default=5, help="number of classes to show (default 5)")
     p.add_argument("--labels", help=f"text file with one class name per line (default: {default_labels})")
     p.add_argument("--num-classes", type=int, help="classifier width (default: read from the checkpoint)")
+
+
+def _official_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--official-config", metavar="CONFIG",
+                   help="an official mmseg / mmdet / mmpose config file of Sense-X/UniFormer (read without running "
+                        "it) or its name from `uniformer models --task dense`; --checkpoint is then the official .pth")
 
 
 def _video_arguments(p: argparse.ArgumentParser) -> None:

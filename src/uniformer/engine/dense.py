@@ -41,7 +41,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # ------------------------------------------------------------------------------------------------ data layouts
-def _data_root(data: str) -> Path:
+def data_root(data: str) -> Path:
     root = Path(data)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder not found: {root}")
@@ -115,7 +115,7 @@ class DenseTask:
         """The dataset folder (``--data``)."""
         if self._data is None:
             raise ValueError("pass --data: this task model was not given a dataset folder")
-        return _data_root(self._data)
+        return data_root(self._data)
 
     def dataset(self, split: str, train: bool) -> Dataset:
         raise NotImplementedError

@@ -43,7 +43,8 @@ class DistContext:
             dist.destroy_process_group()
 
 
-def _device(requested: str, local_rank: int) -> torch.device:
+def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
+    """``auto`` → this process's GPU if CUDA is available, else the CPU; ``cuda`` → the local rank's GPU."""
     if requested == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(requested)
@@ -60,7 +61,7 @@ def init_distributed(device: str = "auto") -> DistContext:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = _device(device, local_rank)
+    dev = resolve_device(device, local_rank)
     if world_size > 1 and not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)

@@ -26,7 +26,8 @@ from ..tasks.coco import label_maps
 from ..tasks.detection import CocoDetection, coco_results, evaluate_coco, save_detection_overlay
 from ..tasks.segmentation import SegmentationDataset, SegmentationMetric, save_overlay
 from ..tasks.seg_heads import mmseg_inference
-from .dense import _data_root, coco_split, seg_split
+from .dense import data_root, coco_split, seg_split
+from .distributed import resolve_device
 
 __all__ = ["is_official", "evaluate_official", "predict_official", "OFFICIAL_SHOWN"]
 
@@ -44,6 +45,12 @@ def _options(model: nn.Module) -> Dict[str, Any]:
     return dict(model.task_config.get("data_config") or {})
 
 
+def _on_model(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` on the model's device (the pipelines build CPU tensors)."""
+    param = next(model.parameters(), None)
+    return x if param is None else x.to(param.device)
+
+
 def _rgb(image: Any) -> np.ndarray:
     img = image if isinstance(image, Image.Image) else load_image(image)
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
@@ -55,14 +62,15 @@ def segment(model: nn.Module, image: np.ndarray) -> torch.Tensor:
     """The official class map (H, W) of one RGB uint8 image."""
     opts = _options(model)
     x, meta = mmseg_test_input(image, tuple(opts.get("img_scale", (2048, 512))), align=bool(opts.get("align")))
-    return mmseg_inference(model.eval(), x, meta["ori_shape"][:2])["pred_ori"][0]
+    return mmseg_inference(model.eval(), _on_model(model, x), meta["ori_shape"][:2])["pred_ori"][0].cpu()
 
 
 @torch.no_grad()
 def detect(model: nn.Module, image: np.ndarray) -> Dict[str, torch.Tensor]:
     """mmdet ``simple_test`` on one RGB uint8 image: boxes (original pixels), scores, labels (0-based), masks."""
     x, meta = mmdet_test_input(image, tuple(_options(model).get("img_scale", (1333, 800))))
-    return model.eval().simple_test(x, [meta])[0]
+    out = model.eval().simple_test(_on_model(model, x), [meta])[0]
+    return {k: v.cpu() for k, v in out.items()}
 
 
 @torch.no_grad()
@@ -82,7 +90,7 @@ def estimate_poses(model: nn.Module, image: np.ndarray, boxes: Sequence[Sequence
         crops.append(x)
         centers.append(center)
         scales.append(scale)
-    heatmaps = pose_lib.official_heatmaps(model.eval(), torch.cat(crops))
+    heatmaps = pose_lib.official_heatmaps(model.eval(), _on_model(model, torch.cat(crops))).cpu()
     keypoints, maxvals = pose_lib.decode_heatmaps(heatmaps, np.stack(centers), np.stack(scales))
     return keypoints, maxvals, np.stack(centers), np.stack(scales)
 
@@ -161,11 +169,16 @@ def _pose_eval(model: nn.Module, root: Path, split: str, person_boxes: Optional[
 
 
 def evaluate_official(model: nn.Module, data: str, split: str = "val", person_boxes: Optional[str] = None,
-                      skip_bad: bool = False, limit: Optional[int] = None) -> Dict[str, float]:
+                      skip_bad: bool = False, limit: Optional[int] = None, device: str = "auto") -> Dict[str, float]:
     """Score an official model on an ADE20K-layout (segmentation) or COCO-layout (detection, pose) folder as the
     official test scripts do; ``limit`` evaluates only the first N images (a quick check). Returns the metrics in
     percent (mIoU/mAcc/aAcc; bbox_/segm_ AP; keypoint AP/AR)."""
-    root = _data_root(data)
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {limit}")
+    if person_boxes and model.task_config["task"] != "pose":
+        raise ValueError("--person-boxes applies to pose models only")
+    root = data_root(data)
+    model.to(resolve_device(device))
     task = model.task_config["task"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -218,6 +231,8 @@ def predict_official(model: nn.Module, images: Sequence[str], output_dir: Option
     ``boxes`` (pose; default the whole image). Returns (PNG path, one-line summary) pairs."""
     if boxes and model.task_config["task"] != "pose":
         raise ValueError("--box gives person boxes for pose models only")
+    if not 0.0 <= score_threshold <= 1.0:
+        raise ValueError(f"--score-threshold must be in [0, 1], got {score_threshold}")
     out = []
     for image in images:
         path = Path(image)

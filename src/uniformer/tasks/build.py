@@ -12,6 +12,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch.nn as nn
 
+from .official import from_official_config
 from .segmentation import backbone_channels
 
 __all__ = ["DENSE_TASKS", "build_backbone", "backbone_channels", "build_task_model", "model_from_config",
@@ -115,7 +116,13 @@ def build_task_model(
 
 
 def model_from_config(config: Mapping[str, Any]) -> nn.Module:
-    """Rebuild (without weights) the task model a saved ``config.json`` describes."""
+    """Rebuild (without weights) the task model a saved ``config.json`` describes (an official model from the mm model
+    dict it carries as ``official_model``)."""
+    if config.get("official_model"):
+        model = from_official_config({"model": config["official_model"]})
+        saved = {k: copy.deepcopy(config[k]) for k in ("official_name", "label_names", "data_config") if k in config}
+        model.task_config = dict(model.task_config, **saved)
+        return model
     missing = [k for k in ("task", "architecture", "num_classes") if k not in config]
     if missing:
         raise ValueError(f"task model config lacks {missing}")
