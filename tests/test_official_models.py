@@ -55,3 +55,29 @@ def test_zoo_covers_every_official_config_with_exact_params():
         params = mmdet_num_parameters(model) if entry.task == "detection" else \
             sum(p.numel() for p in model.parameters())
         assert params == meta[entry.path]["params"], entry.name
+
+
+@pytest.mark.parametrize("name, gflops", [
+    ("top_down_256x192_global_small", 4.69), ("top_down_448x320_global_small", 14.77),
+    ("top_down_384x288_global_base", 22.11),  # the official README's 14.8 G is wrong (spec §5.3)
+])
+def test_pose_flops_match_the_corrected_official_table(name, gflops):
+    from uniformer.flops import official_dense_flops
+
+    assert official_dense_flops(from_official_config(name), OFFICIAL_DENSE_CONFIGS[name]) / 1e9 == \
+        pytest.approx(gflops, abs=0.006)
+
+
+@pytest.mark.slow
+def test_detection_flops_count_every_stage_and_roi_batch():
+    """Mask R-CNN S-h14 at 800x1280: 269 G as the official table; Cascade counts its 3 box and 3 mask heads."""
+    from uniformer.flops import DETECTION_ROIS, MASK_ROIS, official_dense_flops
+    from uniformer.tasks.mmdet_rcnn import roi_head_modules
+
+    mask_rcnn = from_official_config("mask_rcnn_1x_hybrid_small")
+    assert official_dense_flops(mask_rcnn, OFFICIAL_DENSE_CONFIGS["mask_rcnn_1x_hybrid_small"]) / 1e9 == \
+        pytest.approx(269.16, abs=0.05)
+    with torch.device("meta"):
+        cascade = from_official_config("cascade_mask_rcnn_3x_ms_hybrid_small")
+    kinds = [(kind, size) for _, size, kind in roi_head_modules(cascade)]
+    assert kinds == [("box", 7)] * 3 + [("mask", 14)] * 3 and (DETECTION_ROIS, MASK_ROIS) == (1000, 100)

@@ -8,11 +8,12 @@ included, batch 1), at the input size those tables use:
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
+from .tasks.mmdet_rcnn import roi_head_modules
 from .tasks.official_zoo import OfficialConfig
 from .utils import count_flops
 
@@ -23,19 +24,34 @@ MASK_ROIS = 100  # ... and the first 100 through the mask head(s)
 
 
 class _Seq(nn.Module):
-    """Runs ``steps`` in order, flattening list outputs into the next step's input."""
+    """Runs ``steps`` in order, each on the previous one's output."""
 
-    def __init__(self, steps: Sequence[nn.Module], keep_last: bool = False) -> None:
+    def __init__(self, steps: Sequence[nn.Module]) -> None:
         super().__init__()
         self.steps = nn.ModuleList(steps)
-        self.keep_last = keep_last
 
     def forward(self, x):
         for step in self.steps:
             x = step(x)
-        if self.keep_last and isinstance(x, (list, tuple)):
-            x = x[-1]
         return x
+
+
+class _Last(nn.Module):
+    """The last map of a list of maps (the pose backbone's stride-32 output)."""
+
+    def forward(self, x):
+        return x[-1] if isinstance(x, (list, tuple)) else x
+
+
+class _DetectorDense(nn.Module):
+    """Backbone + FPN, then the RPN head on the FPN levels."""
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.rpn_head = detector.backbone, detector.rpn.head
+
+    def forward(self, x):
+        return self.rpn_head(list(self.backbone(x).values()))
 
 
 def _seg_flops(model: nn.Module, size: Tuple[int, int]) -> int:
@@ -46,30 +62,13 @@ def _pose_flops(model: nn.Module, size: Tuple[int, int]) -> int:
     return count_flops(_Seq([model.backbone, _Last(), model.keypoint_head]), (1, 3, *size))
 
 
-class _Last(nn.Module):
-    def forward(self, x):
-        return x[-1] if isinstance(x, (list, tuple)) else x
-
-
 def _det_flops(model: nn.Module, size: Tuple[int, int]) -> int:
     """Backbone + FPN + RPN head on the padded image, plus the RoI heads on fixed RoI batches."""
-    from .tasks.mmdet_rcnn import roi_head_modules
-
-    class _Dense(nn.Module):
-        def __init__(self, detector: nn.Module) -> None:
-            super().__init__()
-            self.backbone, self.rpn_head = detector.backbone, detector.rpn.head
-
-        def forward(self, x):
-            feats = list(self.backbone(x).values())
-            return self.rpn_head(feats)
-
     pad = tuple(-(-s // 32) * 32 for s in size)
-    total = count_flops(_Dense(model), (1, 3, *pad))
-    for head, roi_size, rois in roi_head_modules(model):
-        channels = model.backbone.out_channels
-        n = DETECTION_ROIS if rois == "box" else MASK_ROIS
-        total += count_flops(head, (n, channels, roi_size, roi_size))
+    total = count_flops(_DetectorDense(model), (1, 3, *pad))
+    for head, roi_size, kind in roi_head_modules(model):
+        rois = DETECTION_ROIS if kind == "box" else MASK_ROIS
+        total += count_flops(head, (rois, model.backbone.out_channels, roi_size, roi_size))
     return total
 
 

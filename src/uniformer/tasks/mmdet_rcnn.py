@@ -39,7 +39,7 @@ import re
 import types
 from collections import OrderedDict
 from importlib import resources
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -60,6 +60,7 @@ from torchvision.ops import Conv2dNormActivation, box_iou, generalized_box_iou_l
 from .detection import UniFormerFPNBackbone
 
 __all__ = [
+    "roi_head_modules",
     "MMDetAnchorGenerator",
     "MMDetRPN",
     "MMDetRoIExtractor",
@@ -1358,6 +1359,18 @@ def mmdet_num_parameters(model: nn.Module) -> int:
     regression rows and mask channels the torchvision layout adds)."""
     params = dict(model.named_parameters())
     return sum(v.numel() for v in to_mmdet_state_dict(params, model).values())
+
+
+def roi_head_modules(model: nn.Module) -> Iterator[Tuple[nn.Module, int, str]]:
+    """(head, RoI side, 'box' | 'mask') for every box head (+ its predictor) and mask head (+ predictor) of a detector
+    built here, stage by stage: what mmdet's ``forward_dummy`` runs on the RoI features (for FLOP counting)."""
+    heads = model.roi_heads
+    staged = lambda m: list(m) if isinstance(m, nn.ModuleList) else [m]  # noqa: E731
+    for box_head, predictor in zip(staged(heads.box_head), staged(heads.box_predictor)):
+        yield nn.Sequential(box_head, predictor), heads.box_roi_pool.output_size, "box"
+    if getattr(heads, "mask_head", None) is not None:
+        for mask_head, predictor in zip(staged(heads.mask_head), staged(heads.mask_predictor)):
+            yield nn.Sequential(mask_head, predictor), heads.mask_roi_pool.output_size, "mask"
 
 
 # -------------------------------------------------------------------------------------- official configs --------
