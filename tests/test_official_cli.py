@@ -191,6 +191,13 @@ def test_bad_official_input_is_one_line(official, tmp_path, capsys):
     evil = tmp_path / "evil.py"
     evil.write_text("import os\nmodel = dict(type='EncoderDecoder')\n")
     image = str(next((seg["data"] / "images" / "validation").iterdir()))
+    two = tmp_path / "coco2"  # the detector has 3 classes, this folder 2 categories
+    (two / "annotations").mkdir(parents=True)
+    (two / "val2017").symlink_to(det["data"] / "val2017")
+    data = json.loads((det["data"] / "annotations" / "instances_val2017.json").read_text())
+    data["categories"] = data["categories"][:2]
+    data["annotations"] = [a for a in data["annotations"] if a["category_id"] <= 2]
+    (two / "annotations" / "instances_val2017.json").write_text(json.dumps(data))
     cases = [
         (["predict", image, "--official-config", str(tmp_path / "missing.py"), "--checkpoint", str(seg["checkpoint"])],
          ("config file", "not found")),
@@ -206,6 +213,8 @@ def test_bad_official_input_is_one_line(official, tmp_path, capsys):
           str(seg["data"]), "--limit", "0"], ("--limit must be at least 1",)),
         (["eval", "--official-config", str(det["config"]), "--checkpoint", str(det["checkpoint"]), "--data",
           str(official["pose"]["data"])], ("no annotation file", "instances_val")),
+        (["eval", "--official-config", str(det["config"]), "--checkpoint", str(det["checkpoint"]), "--data",
+          str(two)], ("the model predicts 3 classes", "has 2 categories")),
         (["eval", "--official-config", "no_such_config", "--checkpoint", str(seg["checkpoint"]), "--data",
           str(seg["data"])], ("no_such_config",)),
     ]

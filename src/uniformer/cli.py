@@ -420,7 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="top-k classes for images, or overlay PNGs from segmentation / detection / pose models",
         description="Classify images with an official checkpoint (.pth/.safetensors, any official wrapper) or a "
         "folder saved by uniformer (config.json + model.safetensors). A segmentation, detection or pose run writes "
-        "a colour-mask, box-and-mask or skeleton overlay PNG per image instead.",
+        "a colour-mask, box-and-mask or skeleton overlay PNG per image instead. With --official-config (an official "
+        "Sense-X/UniFormer mmseg / mmdet / mmpose config or its name) and the official --checkpoint .pth, the whole "
+        "official dense model runs with the official test pipeline.",
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
     _prediction_arguments(p, "names saved with the model or ImageNet-1K")
@@ -450,7 +452,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="accuracy (classification), mIoU (segmentation), box/mask AP (detection) or OKS "
-                                    "AP (pose) of a run, a saved model or an official checkpoint")
+                                    "AP (pose) of a run, a saved model or an official checkpoint",
+                       description="Score a run, a saved model or an official checkpoint. With --official-config and "
+                       "the official --checkpoint .pth, an ADE20K-layout (segmentation) or COCO-layout (detection, "
+                       "pose) --data folder is scored as the official test.sh does: the config's test pipeline, one "
+                       "image at a time, mIoU / pycocotools box, mask and keypoint AP (pose: OKS-NMS first).")
     p.add_argument("--checkpoint", required=True, help="run directory (uses best), saved model folder, or weights file")
     p.add_argument("--data", help="'digits' or a dataset folder (default: the run's data)")
     p.add_argument("--model", help="model name, for weights files without config.json")
