@@ -149,6 +149,12 @@ def _to_tensor(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).unsqueeze(0)
 
 
+def _img_meta(original: np.ndarray, resized: np.ndarray, padded: np.ndarray) -> Dict[str, Any]:
+    """The mm ``img_meta`` of a test image: shapes before/after resize and padding, mmcv's scale factor."""
+    return {"ori_shape": tuple(original.shape), "img_shape": tuple(resized.shape), "pad_shape": tuple(padded.shape),
+            "scale_factor": _scale_factor(resized.shape[:2], original.shape[:2]), "flip": False}
+
+
 def mmdet_test_input(image_rgb_uint8: np.ndarray, img_scale: Tuple[int, int] = (1333, 800),
                      size_divisor: int = 32) -> Tuple[torch.Tensor, Dict[str, Any]]:
     """The mmdet 2.11 test pipeline: keep-ratio ``Resize(img_scale)``, ``Normalize`` (RGB), ``Pad(32)``.
@@ -161,14 +167,7 @@ def mmdet_test_input(image_rgb_uint8: np.ndarray, img_scale: Tuple[int, int] = (
     resized, _ = imrescale(img, img_scale)
     norm = normalize(resized)
     padded = pad_to_multiple(norm, size_divisor)
-    meta = {
-        "ori_shape": tuple(img.shape),
-        "img_shape": tuple(resized.shape),
-        "pad_shape": tuple(padded.shape),
-        "scale_factor": _scale_factor(resized.shape[:2], img.shape[:2]),
-        "flip": False,
-    }
-    return _to_tensor(padded), meta
+    return _to_tensor(padded), _img_meta(img, resized, padded)
 
 
 def mmseg_test_input(image_rgb_uint8: np.ndarray, img_scale: Tuple[int, int] = (2048, 512),
@@ -183,14 +182,7 @@ def mmseg_test_input(image_rgb_uint8: np.ndarray, img_scale: Tuple[int, int] = (
     img = _check_image(image_rgb_uint8, "image_rgb_uint8")
     resized = align_resize(img, img_scale, 32) if align else imrescale(img, img_scale)[0]
     norm = normalize(resized)
-    meta = {
-        "ori_shape": tuple(img.shape),
-        "img_shape": tuple(resized.shape),
-        "pad_shape": tuple(resized.shape),
-        "scale_factor": _scale_factor(resized.shape[:2], img.shape[:2]),
-        "flip": False,
-    }
-    return _to_tensor(norm), meta
+    return _to_tensor(norm), _img_meta(img, resized, norm)
 
 
 def _third_point(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -536,11 +536,16 @@ def predict_task_images(model: nn.Module, images: Sequence[str], output_dir: Opt
     """Write one overlay PNG per image (``<stem>_<task>.png`` in ``output_dir``, default beside the image); returns
     (PNG path, one-line summary) pairs."""
     task = _task_for(model, None, {})
-    out = []
+    return [(png, task.predict(model, path, png, **options)) for path, png in overlay_paths(images, output_dir,
+                                                                                           task.name)]
+
+
+def overlay_paths(images: Sequence[str], output_dir: Optional[str], task: str) -> List[Tuple[Path, Path]]:
+    """(image, overlay PNG) pairs: ``<stem>_<task>.png`` in ``output_dir`` (created), default beside each image."""
+    pairs = []
     for image in images:
         path = Path(image)
         folder = Path(output_dir) if output_dir else path.parent
         folder.mkdir(parents=True, exist_ok=True)
-        png = folder / f"{path.stem}_{task.name}.png"
-        out.append((png, task.predict(model, path, png, **options)))
-    return out
+        pairs.append((path, folder / f"{path.stem}_{task}.png"))
+    return pairs

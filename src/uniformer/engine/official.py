@@ -26,7 +26,7 @@ from ..tasks.coco import label_maps
 from ..tasks.detection import CocoDetection, coco_results, evaluate_coco, save_detection_overlay
 from ..tasks.segmentation import SegmentationDataset, SegmentationMetric, save_overlay
 from ..tasks.seg_heads import mmseg_inference
-from .dense import data_root, coco_split, seg_split
+from .dense import coco_split, data_root, overlay_paths, seg_split
 from .distributed import resolve_device
 
 __all__ = ["is_official", "evaluate_official", "predict_official", "OFFICIAL_SHOWN"]
@@ -233,11 +233,5 @@ def predict_official(model: nn.Module, images: Sequence[str], output_dir: Option
         raise ValueError("--box gives person boxes for pose models only")
     if not 0.0 <= score_threshold <= 1.0:
         raise ValueError(f"--score-threshold must be in [0, 1], got {score_threshold}")
-    out = []
-    for image in images:
-        path = Path(image)
-        folder = Path(output_dir) if output_dir else path.parent
-        folder.mkdir(parents=True, exist_ok=True)
-        png = folder / f"{path.stem}_{model.task_config['task']}.png"
-        out.append((png, _predict_one(model, path, png, score_threshold, boxes)))
-    return out
+    return [(png, _predict_one(model, path, png, score_threshold, boxes))
+            for path, png in overlay_paths(images, output_dir, model.task_config["task"])]

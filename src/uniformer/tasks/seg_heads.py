@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "ConvBNReLU", "FPNHead", "UperNetHead", "FCNAuxHead", "build_mmseg_segmentor", "convert_mmseg_state_dict",
-    "mmseg_inference", "official_segmentor_config", "official_segmentor_names", "ade20k_class_names",
+    "mmseg_inference", "official_segmentor_config", "official_segmentor_names",
     "AUX_LOSS_WEIGHT",
 ]
 
@@ -467,14 +467,6 @@ def mmseg_inference(model: nn.Module, img: torch.Tensor, ori_shape: Sequence[int
 # ----------------------------------------------------------------------------------------------------------------------
 # the official configs
 # ----------------------------------------------------------------------------------------------------------------------
-
-def ade20k_class_names() -> List[str]:
-    """The 150 ADE20K class names in mmseg ``ADE20KDataset.CLASSES`` order (the official models' prediction ``c`` is
-    name ``c``); see :func:`uniformer.data.mm_pipelines.ade20k_class_names` (imported lazily: it pulls in cv2)."""
-    from ..data.mm_pipelines import ade20k_class_names as names
-
-    return names()
-
 
 def _official_backbone(size: str) -> Dict[str, Any]:
     """The backbone dict of the official segmentation configs for a size (training-only options omitted)."""
