@@ -103,10 +103,13 @@ def test_proposals_keep_zero_size_boxes_like_mmdet_2_11(parity):
     rpn = model.rpn
     anchors = rpn.anchor_generator.grid_anchors([tuple(f.shape[-2:]) for f in out["neck"]])
     for drop_empty, ref in ((False, out["proposals"]), (True, out["released"]["proposals"])):
-        # from the official RPN outputs: bit-exact post-processing (2.11, and 2.28's zero-size filter)
+        # from the official RPN outputs: the same proposals in the same order (2.11, and 2.28's zero-size filter),
+        # coordinates equal up to float32 rounding: the vectorised exp/sigmoid of the CPU at hand may differ from the
+        # oracle's by an ulp (seen on CI: 1.5e-5 px on a 360 px coordinate, 4e-7 relative)
         exact = rpn.proposals_single([c[0] for c in out["rpn_cls"]], [r[0] for r in out["rpn_reg"]], anchors,
                                      meta["img_shape"][:2], cfg=rpn.test_cfg, drop_empty=drop_empty)
-        torch.testing.assert_close(exact, ref, atol=1e-6, rtol=0.0)
+        assert exact.shape == ref.shape
+        torch.testing.assert_close(exact, ref, atol=1e-4, rtol=0.0)
         # end to end from our own neck
         torch.testing.assert_close(model.proposals(parity["feats"], meta, drop_empty=drop_empty), ref, **BOX_TOL)
     assert len(out["proposals"]) > len(out["released"]["proposals"])  # 2.11 keeps the degenerate boxes
