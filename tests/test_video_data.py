@@ -1,4 +1,5 @@
-"""Video data pipeline: PyAV decoding, dense / segment samplers, clip transforms, video datasets and bad videos."""
+"""Video data pipeline: PyAV decoding, JPEG frame folders, dense / segment samplers, clip transforms, video datasets
+and bad videos."""
 from __future__ import annotations
 
 import fractions
@@ -12,9 +13,11 @@ import numpy as np
 import pytest
 import torch
 
+from uniformer.data.frames import check_frame_template, count_listed_frames
 from uniformer.data.video import (
     VIDEO_MEAN,
     VIDEO_STD,
+    FrameFolderReader,
     VideoDataset,
     VideoReadError,
     VideoTransform,
@@ -373,3 +376,218 @@ def test_frames_the_decoder_cannot_produce_are_never_sampled(tmp_path):
         read_video_frames(cut, [26])
     views = load_video_views(cut, num_frames=8, stride=2, img_size=16)  # re-sampled on the 20 decodable frames
     assert view_ids(views[0]) == [12, 14, 16, 18, 20, 22, 24, 26]
+
+
+# ------------------------------------------------------------------------------------------------ frame folders
+def make_frames(folder: Path, frames: int, size: Tuple[int, int] = (24, 32), template: str = "img_{:05d}.jpg",
+                start: int = 1) -> Path:
+    """Write a frame-folder video of real JPEG files: frame k is flat grey STEP * k (``template.format(start + k)``)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(frames):
+        Image.new("RGB", size[::-1], (STEP * k,) * 3).save(folder / template.format(start + k), quality=95)
+    return folder
+
+
+@pytest.fixture
+def rawframes(tmp_path) -> Path:
+    """mmaction2 rawframes layout: a list of 'frame_dir NUM_FRAMES LABEL' lines (a folder name with a space)."""
+    root = tmp_path / "rawframes"
+    make_frames(root / "frames" / "jump high", 36)
+    make_frames(root / "frames" / "walk", 24, size=(32, 24))
+    (root / "train.txt").write_text("# frame_dir num_frames label\nframes/jump high 36 1\n\nframes/walk\t24  0\n")
+    (root / "classes.txt").write_text("walk\njump\n")
+    return root
+
+
+@pytest.fixture
+def opened(monkeypatch) -> List[str]:
+    """The names of the frame files the dataset decodes, in order."""
+    from uniformer.data import video
+
+    names: List[str] = []
+
+    def spy(path):
+        names.append(Path(path).name)
+        return real(path)
+
+    real = video.load_image
+    monkeypatch.setattr(video, "load_image", spy)
+    return names
+
+
+def test_rawframes_list_dataset_decodes_exactly_the_sampled_frames(rawframes, opened):
+    ds = VideoDataset(rawframes, "train", num_frames=4, stride=3, img_size=16)
+    assert ds.kind == "frame folders" and ds.classes == ["walk", "jump"] and ds.train
+    assert ds.samples == [(str(rawframes / "frames" / "jump high"), 1), (str(rawframes / "frames" / "walk"), 0)]
+    torch.manual_seed(0)
+    starts = set()
+    for _ in range(12):
+        opened.clear()
+        x, label = ds[0]
+        ids = view_ids(x)
+        assert x.shape == (3, 4, 16, 16) and label == 1
+        assert ids == list(range(ids[0], ids[0] + 10, 3)) and 0 <= ids[0] <= 36 - 10  # one window, stride 3
+        assert opened == [f"img_{i + 1:05d}.jpg" for i in ids]  # only the sampled frames, file number = index + 1
+        starts.add(ids[0])
+    assert len(starts) > 3  # random windows
+    ev = VideoDataset(rawframes, "train", train=False, num_frames=4, stride=2, img_size=16, num_clips=2, num_crops=3)
+    opened.clear()
+    views, label = ev[0]
+    assert views.shape == (6, 3, 4, 16, 16) and label == 1 and ev.num_views == 6
+    for v, c in enumerate((0, 0, 0, 1, 1, 1)):  # clip-major, as for video files
+        assert view_ids(views[v]) == dense_indices(36, 4, 2, train=False, clip_index=c, num_clips=2)
+    assert sorted(opened) == sorted(f"img_{i + 1:05d}.jpg" for c in range(2)
+                                    for i in dense_indices(36, 4, 2, train=False, clip_index=c, num_clips=2))
+
+
+def test_frame_folders_with_segment_sampling(rawframes, opened):
+    ev = VideoDataset(rawframes, "train", train=False, num_frames=6, sampler="segment", img_size=16, num_crops=3)
+    views, label = ev[1]  # walk: 24 frames, segments of 4, centres 1 5 9 ...
+    assert views.shape == (3, 3, 6, 16, 16) and label == 0
+    assert all(view_ids(v) == [1, 5, 9, 13, 17, 21] for v in views)
+    assert opened == [f"img_{i + 1:05d}.jpg" for i in (1, 5, 9, 13, 17, 21)]
+    ds = VideoDataset(rawframes, "train", num_frames=6, sampler="segment", img_size=16)
+    torch.manual_seed(0)
+    for _ in range(10):
+        ids = view_ids(ds[1][0])
+        assert all(4 * k <= i < 4 * k + 4 for k, i in enumerate(ids))
+
+
+def test_class_folders_of_frame_folders_with_the_ssv1_template(tmp_path, opened):
+    for cls, videos in (("b_push", {"v0": 20, "v1": 16}), ("a_pull", {"deeper/v2": 12})):
+        for name, n in videos.items():
+            make_frames(tmp_path / "val" / cls / name, n, template="{:05d}.jpg")
+    (tmp_path / "val" / "b_push" / "v0" / "notes.txt").write_text("not a frame")
+    ds = VideoDataset(tmp_path, "val", num_frames=4, sampler="segment", img_size=16, num_crops=3,
+                      frame_template="{:05d}.jpg")
+    assert ds.kind == "frame folders" and ds.classes == ["a_pull", "b_push"] and not ds.train
+    assert ds.samples == [(str(tmp_path / "val" / "a_pull" / "deeper" / "v2"), 0),
+                          (str(tmp_path / "val" / "b_push" / "v0"), 1), (str(tmp_path / "val" / "b_push" / "v1"), 1)]
+    assert [r.count() for r in ds.readers] == [12, 20, 16]  # frames found by the template, contiguous from 1
+    views, label = ds[1]
+    assert views.shape == (3, 3, 4, 16, 16) and label == 1 and view_ids(views[0]) == [2, 7, 12, 17]
+    assert opened == [f"{i + 1:05d}.jpg" for i in (2, 7, 12, 17)]
+    zero = tmp_path / "zero"
+    make_frames(zero / "val" / "a" / "v", 10, template="frame{}.png", start=0)
+    ds = VideoDataset(zero, "val", num_frames=3, stride=2, img_size=16, frame_template="frame{}.png", frame_start=0)
+    assert view_ids(ds[0][0][0]) == [2, 4, 6] and "frame2.png" in opened
+    wrong = VideoDataset(tmp_path, "val", num_frames=4, img_size=16)  # the default img_{:05d}.jpg names no file
+    with pytest.raises(VideoReadError, match=r"v2: no frame file img_00001\.jpg .*it holds e\.g\. 00001\.jpg"):
+        wrong[0]
+
+
+def test_frames_of_another_size_are_resized_to_the_first(tmp_path):
+    folder = make_frames(tmp_path / "v", 8, size=(24, 32))
+    make_frames(tmp_path / "big", 8, size=(48, 64))
+    (folder / "img_00005.jpg").write_bytes((tmp_path / "big" / "img_00005.jpg").read_bytes())
+    frames = FrameFolderReader(folder).read([4, 0, 4])
+    assert frames.shape == (3, 24, 32, 3) and frame_ids(frames) == [4, 0, 4]
+
+
+def test_frame_template_naming_and_counting():
+    check_frame_template("img_{:05d}.jpg")
+    check_frame_template("{}.png", 0)
+    for bad in ("img.jpg", "img_%05d.jpg", "{}_{}.jpg", "{name}.jpg", "{:s}.jpg", "{:.1f}.jpg", "sub/{:05d}.jpg", "{"):
+        with pytest.raises(ValueError, match="frame template"):
+            check_frame_template(bad)
+    with pytest.raises(ValueError, match="not %05d"):
+        check_frame_template("img_%05d.jpg")
+    with pytest.raises(ValueError, match="first frame index"):
+        check_frame_template("{}.jpg", -1)
+    names = ["img_00001.jpg", "img_00002.jpg", "img_00003.jpg", "img_00006.jpg", "img_4.jpg", "x_00004.jpg"]
+    assert count_listed_frames(names, "img_{:05d}.jpg", 1) == (3, 6)  # img_4.jpg is not frame 4 of this template
+    assert count_listed_frames(names[:3], "img_{:05d}.jpg", 1) == (3, None)
+    assert count_listed_frames(names, "img_{:05d}.jpg", 0) == (0, 1)
+    with pytest.raises(ValueError, match="frame template"):
+        VideoDataset(".", "train", frame_template="frames.jpg")
+
+
+def test_layout_detection_errors(tmp_path, rawframes):
+    mixed = tmp_path / "mixed"
+    make_video(mixed / "train" / "a" / "clip.mp4", frames=8)
+    make_frames(mixed / "train" / "b" / "v0", 8)
+    with pytest.raises(ValueError, match=r"mixes video files \(e\.g\. .*clip\.mp4\) and frame folders \(e\.g\. .*v0\)"):
+        VideoDataset(mixed, "train")
+    make_frames(mixed / "val" / "a", 3)  # images right in the class folder: an image dataset, not frame folders
+    with pytest.raises(ValueError, match=r"class folder .*val/a holds images directly \(e\.g\. img_00001\.jpg\)"):
+        VideoDataset(mixed, "val")
+    both = tmp_path / "both"
+    make_frames(both / "val" / "a" / "v0", 8)
+    make_video(both / "val" / "a" / "v0" / "clip.mp4", frames=8)
+    with pytest.raises(ValueError, match=r"v0 holds both video files \(e\.g\. clip\.mp4\) and images"):
+        VideoDataset(both, "val")
+    make_video(rawframes / "clip.mp4", frames=8)
+    cases = [("frames/walk 24 0\nclip.mp4 1\n", ValueError, r"val\.txt, line 2: lists one of the video files in a "
+                                                            r"list of frame folders \(line 1\)"),
+             ("clip.mp4 1\nframes/walk 24 0\n", ValueError, r"val\.txt, line 2: lists one of the frame folders"),
+             ("frames/walk 0\n", ValueError, r"val\.txt, line 1: .*frames/walk is a folder; a frame-folder line reads"),
+             ("frames/walk 0 0\n", ValueError, r"val\.txt, line 1: NUM_FRAMES must be at least 1"),
+             ("frames/walk 24 0\nframes/gone 24 1\n", FileNotFoundError, r"frame folder listed in .*val\.txt, line 2, "
+                                                                         r"not found: .*frames/gone"),
+             ("frames/walk\n", ValueError, r"val\.txt, line 1: expected 'relative/path LABEL' \(a video file\) or "
+                                           r"'frame_dir NUM_FRAMES LABEL' \(a frame folder\)"),
+             ("frames/walk 24 0\nframes/walk x 0\n", ValueError, r"val\.txt, line 2: expected 'frame_dir NUM_FRAMES "
+                                                                 r"LABEL', .*got 'frames/walk x 0'")]
+    for text, error, message in cases:
+        (rawframes / "val.txt").write_text(text)
+        with pytest.raises(error, match=message):
+            VideoDataset(rawframes, "val")
+
+
+def break_frames(root: Path, kind: str) -> Tuple[Path, str]:
+    """Damage frame-folder video 'frames/bad' of a rawframes root; returns (folder, expected message)."""
+    bad = root / "frames" / "bad"
+    make_frames(bad, 3 if kind == "short" else 20)
+    listed = {"short": 3, "count": 30}.get(kind, 20)
+    (root / "train.txt").write_text(f"frames/bad {listed} 1\nframes/walk 24 0\n")
+    if kind == "missing":  # the centred window below reads frames 5 8 11 14 (files 6 9 12 15)
+        (bad / "img_00012.jpg").unlink()
+        return bad, rf"missing frame {re.escape(str(bad / 'img_00012.jpg'))}"
+    if kind == "truncated":
+        data = (bad / "img_00012.jpg").read_bytes()
+        (bad / "img_00012.jpg").write_bytes(data[: len(data) // 2])
+        return bad, rf"cannot read image {re.escape(str(bad / 'img_00012.jpg'))}: .*[Tt]runcated"
+    if kind == "count":
+        return bad, r"train\.txt, line 1 gives 30 frames, the folder has 20 \(img_\{:05d\}\.jpg from 1\)"
+    return bad, "has 3 frames, the sampler needs 4"
+
+
+@pytest.mark.parametrize("kind", ["missing", "truncated", "count", "short"])
+def test_bad_frame_folder_fails_naming_the_folder_and_file_or_is_skipped(rawframes, kind):
+    bad, message = break_frames(rawframes, kind)
+    ds = VideoDataset(rawframes, "train", train=False, num_frames=4, stride=3, img_size=16)
+    with pytest.raises(VideoReadError, match=message) as info:
+        ds[0]
+    assert info.value.path == str(bad) and str(info.value).startswith(f"bad video {bad}: ")
+    assert len(str(info.value).splitlines()) == 1
+    skipping = VideoDataset(rawframes, "train", train=False, num_frames=4, stride=3, img_size=16, skip_bad=True)
+    with pytest.warns(UserWarning, match=rf"skipping {re.escape(str(bad))} \(1 skipped so far in this process\): "
+                                         rf".*{message}"):
+        views, label = skipping[0]
+    assert views.shape == (1, 3, 4, 16, 16) and label == 0
+
+
+def test_gap_in_a_class_folder_frame_folder_names_the_missing_frame(tmp_path):
+    folder = make_frames(tmp_path / "train" / "a" / "v0", 12)
+    (folder / "img_00005.jpg").unlink()
+    ds = VideoDataset(tmp_path, "train", num_frames=2, img_size=16)
+    missing = re.escape(str(folder / "img_00005.jpg"))
+    with pytest.raises(VideoReadError, match=rf"bad video .*v0: missing frame {missing} although img_00006\.jpg "
+                                             r"exists \(frames are numbered without gaps from 1\)"):
+        ds[0]
+
+
+def test_load_video_views_of_a_frame_folder(tmp_path):
+    folder = make_frames(tmp_path / "clip", 40, size=(32, 24))
+    views = load_video_views(folder, num_frames=8, stride=2, img_size=16, num_clips=2, num_crops=3)
+    assert views.shape == (6, 3, 8, 16, 16) and views.dtype == torch.float32
+    assert view_ids(views[3]) == dense_indices(40, 8, 2, train=False, clip_index=1, num_clips=2)
+    ssv1 = make_frames(tmp_path / "ssv1", 16, template="{:05d}.jpg")
+    seg = load_video_views(ssv1, num_frames=4, sampler="segment", img_size=16, frame_template="{:05d}.jpg")
+    assert view_ids(seg[0]) == [1, 5, 9, 13]
+    with pytest.raises(VideoReadError, match=r"clip: has 40 frames, the sampler needs 48"):
+        load_video_views(folder, num_frames=48)
+    with pytest.raises(FileNotFoundError, match="video file or frame folder not found: .*nowhere"):
+        load_video_views(tmp_path / "nowhere")
