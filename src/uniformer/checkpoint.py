@@ -24,13 +24,18 @@ from .convert import convert_state_dict
 
 __all__ = [
     "read_checkpoint", "load_checkpoint", "LoadResult", "atomic_path", "save_pretrained", "load_pretrained",
-    "read_model_config",
+    "read_model_config", "HUB_FILES",
 ]
 
 _logger = logging.getLogger("uniformer")
 
 PathLike = Union[str, os.PathLike]
 SAFE_GLOBALS = [argparse.Namespace]
+# The files of a saved model folder (or a run's best/ and last/) that make a timm model repository on the Hugging Face
+# Hub, as timm's own save_for_hf writes it (+ an optional model card). Pass them as ``allow_patterns`` to
+# ``huggingface_hub.upload_folder``: a run checkpoint also holds training_state.pt (optimizer, RNG), which does not
+# belong there.
+HUB_FILES = ("config.json", "model.safetensors", "README.md")
 
 
 class LoadResult(NamedTuple):
@@ -199,10 +204,12 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the final file the usual permissions
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates 0600, and writers that replace the file (safetensors) create 0600 again: give the final
+        # file the usual permissions
+        os.chmod(tmp_path, 0o666 & ~umask)
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
@@ -232,8 +239,12 @@ def save_pretrained(
     preprocessing, label names) into ``directory``; both files are replaced atomically. ``data_config`` overrides
     the recorded preprocessing (e.g. ``{"input_size": (3, 64, 64)}`` for a model trained at 64²).
 
-    The folder loads with :func:`load_pretrained`, ``uniformer predict --checkpoint DIR`` and
-    ``timm.create_model("local-dir:DIR")``.
+    For a classifier, ``config.json`` is what timm's ``save_for_hf`` writes for the same model (``architecture``,
+    ``num_classes``, ``num_features``, ``global_pool``, ``model_args``, ``pretrained_cfg``, ``label_names``) with the
+    real head_dim in the notes, so the folder loads with :func:`load_pretrained`, ``uniformer predict --checkpoint
+    DIR``, ``timm.create_model("local-dir:DIR", pretrained=True)`` (after ``import uniformer``) and, uploaded as is
+    (:data:`HUB_FILES`), ``timm.create_model("hf-hub:USER/REPO", pretrained=True)``. A dense task model writes its
+    own task config instead (``task``, backbone ``architecture``, heads): only :func:`load_pretrained` rebuilds it.
     """
     from timm.models._hub import save_config_for_hf
 
@@ -249,7 +260,12 @@ def save_pretrained(
     notes = [str(n) for n in (getattr(model, "pretrained_cfg", {}) or {}).get("notes") or () if not str(n).startswith("head_dim=")]
     model_config: Dict[str, Any] = {"pretrained_cfg": {"notes": [f"head_dim={getattr(model, 'head_dim', None)}", *notes]}}
     if label_names is not None:
+        if len(label_names) != getattr(model, "num_classes", len(label_names)):
+            raise ValueError(f"{len(label_names)} label names for a model with {model.num_classes} classes")
+        # at the top level (timm's field) and in pretrained_cfg (where timm keeps the names of the classes a model
+        # has; it drops a source checkpoint's names when the class count changed, hence num_classes here)
         model_config["label_names"] = list(label_names)
+        model_config["pretrained_cfg"].update(label_names=list(label_names), num_classes=model.num_classes)
     _save_weights(model, directory)
     with atomic_path(directory / "config.json") as tmp:
         save_config_for_hf(model, str(tmp), model_config=model_config, data_config=data_config)
