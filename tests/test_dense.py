@@ -14,7 +14,7 @@ LIGHT_TINY = {k: v for k, v in TINY_LIGHT.items() if k != "num_classes"}
 def test_parity_with_official_hybrid_backbone():
     fixture = load_parity("dense_tiny_hybrid")
     config = {k: v for k, v in fixture["config"].items() if k != "family"}
-    model = uniformer.create_model("uniformer_small_dense", **config).eval()
+    model = uniformer.create_model("uniformer_small", features_only=True, **config).eval()
     result = uniformer.load_checkpoint(model, {"state_dict": {f"backbone.{k}": v for k, v in fixture["state_dict"].items()}})
     assert (result.missing_keys, result.unexpected_keys) == ([], [])
     assert [b.window_size for b in model.blocks3] == [4, 4, 4, 0]  # hybrid: global every fourth block
@@ -24,10 +24,10 @@ def test_parity_with_official_hybrid_backbone():
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("entry,name,params", [("dense/uniformer_small_h14", "uniformer_small_dense", 21_033_280),
-                                               ("dense/uniformer_base_h14", "uniformer_base_dense", 49_264_576)])
+@pytest.mark.parametrize("entry,name,params", [("dense/uniformer_small_h14", "uniformer_small", 21_033_280),
+                                               ("dense/uniformer_base_h14", "uniformer_base", 49_264_576)])
 def test_official_dense_layouts(entry, name, params, official_keys):
-    model = uniformer.create_model(name, hybrid=True)
+    model = uniformer.create_model(name, features_only=True, hybrid=True)
     assert uniformer.count_params(model) == params
     shapes = official_keys[entry]
     assert {k: list(v.shape) for k, v in model.state_dict().items()} == shapes
@@ -38,31 +38,31 @@ def test_official_dense_layouts(entry, name, params, official_keys):
     assert (result.missing_keys, result.unexpected_keys) == ([], [])
 
 
-@pytest.mark.parametrize("name,params", [("uniformer_xxs_dense", 9_317_168), ("uniformer_xs_dense", 15_483_136)])
+@pytest.mark.parametrize("name,params", [("uniformer_xxs", 9_317_168), ("uniformer_xs", 15_483_136)])
 def test_light_dense_params(name, params):
-    assert uniformer.count_params(uniformer.create_model(name)) == params
+    assert uniformer.count_params(uniformer.create_model(name, features_only=True)) == params
 
 
 @pytest.mark.parametrize("kwargs,size,gflops", [({}, (512, 512), 23.55), ({"hybrid": True}, (512, 512), 22.67),
                                                 ({"windows": True}, (512, 512), 22.37),
                                                 ({"hybrid": True}, (800, 1280), 99.04)])
 def test_dense_flops(kwargs, size, gflops):
-    model = uniformer.create_model("uniformer_small_dense", **kwargs)
+    model = uniformer.create_model("uniformer_small", features_only=True, **kwargs)
     assert uniformer.count_flops(model, (1, 3, *size)) / 1e9 == pytest.approx(gflops, rel=0.01)
 
 
 def test_window_equals_global_when_the_map_is_one_window_and_mask_removes_padding():
     torch.manual_seed(0)
-    glob = uniformer.create_model("uniformer_small_dense", **DENSE_TINY).eval()
-    win = uniformer.create_model("uniformer_small_dense", **DENSE_TINY, windows=True, window_size=4).eval()
+    glob = uniformer.create_model("uniformer_small", features_only=True, **DENSE_TINY).eval()
+    win = uniformer.create_model("uniformer_small", features_only=True, **DENSE_TINY, windows=True, window_size=4).eval()
     win.load_state_dict(glob.state_dict())
     x = torch.randn(1, 3, 64, 64)  # stage 3 is exactly 4x4
     with torch.no_grad():
         for a, b in zip(glob(x), win(x)):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
         y = torch.randn(1, 3, 64, 96)  # stage 3 is 4x6: one 8x8 window with padding
-        big = uniformer.create_model("uniformer_small_dense", **DENSE_TINY, windows=True, window_size=8).eval()
-        masked = uniformer.create_model("uniformer_small_dense", **DENSE_TINY, windows=True, window_size=8,
+        big = uniformer.create_model("uniformer_small", features_only=True, **DENSE_TINY, windows=True, window_size=8).eval()
+        masked = uniformer.create_model("uniformer_small", features_only=True, **DENSE_TINY, windows=True, window_size=8,
                                         window_mask=True).eval()
         big.load_state_dict(glob.state_dict())
         masked.load_state_dict(glob.state_dict())
@@ -72,11 +72,11 @@ def test_window_equals_global_when_the_map_is_one_window_and_mask_removes_paddin
 
 
 def test_any_input_size_floors_like_the_official_backbone():
-    model = uniformer.create_model("uniformer_small_dense", **DENSE_TINY, hybrid=True, window_size=4).eval()
+    model = uniformer.create_model("uniformer_small", features_only=True, **DENSE_TINY, hybrid=True, window_size=4).eval()
     with torch.no_grad():
         outs = model(torch.randn(1, 3, 200, 300))
     assert [o.shape[-2:] for o in outs] == [(50, 75), (25, 37), (12, 18), (6, 9)]
-    light = uniformer.create_model("uniformer_xxs_dense", **LIGHT_TINY).eval()
+    light = uniformer.create_model("uniformer_xxs", features_only=True, **LIGHT_TINY).eval()
     with torch.no_grad():
         outs = light(torch.randn(1, 3, 256, 192))
     assert [tuple(o.shape[1:]) for o in outs] == [(16, 64, 48), (32, 32, 24), (64, 16, 12), (128, 8, 6)]
@@ -84,7 +84,7 @@ def test_any_input_size_floors_like_the_official_backbone():
 
 def test_imagenet_checkpoint_initialises_a_dense_backbone():
     image = uniformer.create_model("uniformer_small", **TINY)
-    dense = uniformer.create_model("uniformer_small_dense", **DENSE_TINY)
+    dense = uniformer.create_model("uniformer_small", features_only=True, **DENSE_TINY)
     result = uniformer.load_checkpoint(dense, {"model": image.state_dict()})
     assert result.missing_keys == [] and "head.weight" in result.dropped_tail and "norm.weight" in result.dropped_tail
     assert torch.equal(dense.norm1.weight, torch.ones(16)) and torch.equal(dense.norm4.bias, torch.zeros(128))
@@ -92,19 +92,19 @@ def test_imagenet_checkpoint_initialises_a_dense_backbone():
 
 
 def test_out_indices_frozen_stages_norm_eval_and_checkpointing():
-    pose = uniformer.create_model("uniformer_small_dense", **DENSE_TINY, out_indices=(3,)).eval()
+    pose = uniformer.create_model("uniformer_small", features_only=True, **DENSE_TINY, out_indices=(3,)).eval()
     assert "norm1.weight" in pose.state_dict()  # pose checkpoints keep the unused norms
     assert [o.shape[1] for o in pose(torch.randn(1, 3, 64, 64))] == [128] and pose.out_channels == [128]
-    model = uniformer.create_model("uniformer_small_dense", **DENSE_TINY, frozen_stages=1, norm_eval=True)
+    model = uniformer.create_model("uniformer_small", features_only=True, **DENSE_TINY, frozen_stages=1, norm_eval=True)
     assert model.train() is model
     assert not any(p.requires_grad for p in model.patch_embed1.parameters())
     assert not any(p.requires_grad for p in model.blocks2.parameters())
     assert all(p.requires_grad for p in model.blocks3.parameters())
     assert not model.blocks1.training and model.blocks3.training
     assert not any(m.training for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
-    light = uniformer.create_model("uniformer_xxs_dense", **LIGHT_TINY, frozen_stages=3)
+    light = uniformer.create_model("uniformer_xxs", features_only=True, **LIGHT_TINY, frozen_stages=3)
     assert not any(p.requires_grad for p in light.parameters())
-    model = uniformer.create_model("uniformer_small_dense", **DENSE_TINY, hybrid=True, window_size=4).train()
+    model = uniformer.create_model("uniformer_small", features_only=True, **DENSE_TINY, hybrid=True, window_size=4).train()
     x = torch.randn(2, 3, 64, 96)
     torch.manual_seed(0)
     ref = model(x)
@@ -115,6 +115,6 @@ def test_out_indices_frozen_stages_norm_eval_and_checkpointing():
         torch.testing.assert_close(a, b)
     sum(o.sum() for o in out).backward()
     with pytest.raises(ValueError, match="out_indices"):
-        uniformer.create_model("uniformer_small_dense", out_indices=(4,))
+        uniformer.create_model("uniformer_small", features_only=True, out_indices=(4,))
     with pytest.raises(ValueError, match="no classifier"):
         model.reset_classifier(10)

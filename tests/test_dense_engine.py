@@ -23,7 +23,7 @@ import uniformer
 from conftest import one_line_error, run_cli
 from test_segmentation import CLASSES, write_split
 
-TINY = ["--model", "uniformer_small_dense", "--model-args",
+TINY = ["--model", "uniformer_small", "--model-args",
         '{"depth": [1, 1, 2, 1], "embed_dim": [16, 32, 64, 128], "head_dim": 16}',
         "--workers", "0", "--batch-size", "2", "--warmup-epochs", "0"]
 SEG = ["--task", "segmentation", *TINY, "--head-args", '{"neck_channels": 32, "head_channels": 32}',
@@ -157,12 +157,12 @@ def test_torchrun_segmentation_two_processes(data, tmp_path):
     (["--task", "pose", "--data", "{missing}"], ["data folder not found"]),
     (["--task", "segmentation", "--data", "digits"], ["digits is a classification dataset"]),
     (["--task", "segmentation", "--data", "{segmentation}", "--mixup", "0.8"], ["--mixup applies only to classification"]),
-    (["--data", "{segmentation}"], ["dense-prediction backbone", "--task segmentation"]),
+    (["--data", "{segmentation}"], ["ADE20K-style segmentation dataset", "--task segmentation"]),
     (["--task", "segmentation", "--data", "{segmentation}", "--head", "deeplab"], None),
 ])
 def test_bad_dense_configuration_is_one_line(data, tmp_path, args, fragments):
     args = [a.format(missing=tmp_path / "nope", **data) for a in args]
-    model = ["--model", "uniformer_small_dense", "--epochs", "1", "--workers", "0", "--output", str(tmp_path / "r")]
+    model = ["--model", "uniformer_small", "--epochs", "1", "--workers", "0", "--output", str(tmp_path / "r")]
     proc = cli("train", *model, *args, check=False)
     if fragments is None:  # argparse rejects the choice itself
         assert proc.returncode == 2 and "invalid choice: 'deeplab'" in proc.stderr

@@ -22,6 +22,7 @@ from conftest import one_line_error, run_cli
 from uniformer.engine.checkpointing import RunDir
 from uniformer.engine.config import TrainConfig, load_yaml
 from uniformer.engine.trainer import compute_loss
+from uniformer.models import TokenLabelingOutput
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_ARGS = json.dumps({"depth": [1, 1, 3, 2], "embed_dim": [16, 32, 64, 128], "head_dim": 16})
@@ -185,11 +186,11 @@ def test_loss_for_every_output_family():
     assert torch.equal(used, head)
     assert torch.isclose(loss, 0.5 * criterion(head, target) + 0.5 * criterion(head_cls, target))
     aux = torch.randn(2, 4, 3)
-    loss, used = compute_loss((head, aux, (0, 0, 0, 0)), target, criterion)
+    loss, used = compute_loss(TokenLabelingOutput(head, aux, (0, 0, 0, 0)), target, criterion)
     expected = criterion(head, target) + criterion(aux.reshape(-1, 3), target.repeat_interleave(4))
     assert torch.isclose(loss, expected, atol=1e-6)
     # a box covering half of the 2x2 stride-32 grid mixes the class target half-and-half with the flipped batch
-    loss_box, _ = compute_loss((head, aux, (0, 0, 8, 16)), target, criterion)
+    loss_box, _ = compute_loss(TokenLabelingOutput(head, aux, (0, 0, 8, 16)), target, criterion)
     soft = torch.nn.functional.one_hot(target, 3).float()
     mixed = 0.5 * soft + 0.5 * soft.flip(0)
     expected = (-mixed * head.log_softmax(-1)).sum(-1).mean() + criterion(aux.reshape(-1, 3), target.repeat_interleave(4))

@@ -43,7 +43,7 @@ FAMILIES = {
     "light": ("uniformer_xxs", LIGHT, 64),
     "video": ("uniformer_video_small.k400_8x8", TINY, 32),
     "video_light": ("uniformer_video_xxs.k400_4f_128", LIGHT, 64),
-    "dense": ("uniformer_small_dense", NO_HEAD, 64),
+    "dense": ("uniformer_small", dict(NO_HEAD, features_only=True), 64),
     "vt": ("vt_resnet18", VT_SMALL, 64),
 }
 

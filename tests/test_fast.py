@@ -17,7 +17,7 @@ FAMILIES = {
     "hourglass": ("uniformer_xxs", dict(num_classes=10), (2, 3, 64, 64)),
     "video": ("uniformer_video_small", dict(TINY, num_classes=10), (2, 3, 4, 64, 64)),
     "video hourglass": ("uniformer_video_xxs", dict(num_classes=10), (1, 3, 4, 64, 64)),
-    "dense": ("uniformer_small_dense", dict(TINY, hybrid=True, window_size=2), (1, 3, 64, 96)),
+    "dense": ("uniformer_small", dict(TINY, features_only=True, hybrid=True, window_size=2), (1, 3, 64, 96)),
     "vt": ("vt_resnet18", dict(num_classes=10), (2, 3, 64, 64)),
 }
 

@@ -324,7 +324,7 @@ def test_cascade_trains_through_the_torchvision_interface(tiny_coco):
     (measured: loss 4.1 → 2.7, bbox AP 42, AP50 91 in ~30 s)."""
     torch.manual_seed(0)
     ds = CocoDetection(tiny_coco / "train2017", tiny_coco / "annotations" / "instances_train2017.json")
-    backbone = uniformer.create_model("uniformer_small_dense", **TINY_BACKBONE)
+    backbone = uniformer.create_model("uniformer_small", features_only=True, **TINY_BACKBONE)
     cfg = cascade_task_config(ds.num_classes, TINY_BACKBONE["embed_dim"], **TINY_HEADS)
     assert cfg["roi_head"]["bbox_head"][2]["bbox_coder"]["target_stds"] == [0.033, 0.033, 0.067, 0.067]
     model = build_mmdet_detector(cfg, backbone, min_size=SIDE, max_size=SIDE)
@@ -354,7 +354,7 @@ def test_cascade_trains_through_the_torchvision_interface(tiny_coco):
 
 
 def test_build_task_model_cascade_round_trips_its_config():
-    model = build_task_model("detection", "uniformer_small_dense", 3, model_args=TINY_BACKBONE,
+    model = build_task_model("detection", "uniformer_small", 3, model_args=TINY_BACKBONE,
                              head_args=dict(detector="cascade_mask_rcnn", **TINY_HEADS),
                              data_config=dict(min_size=64, max_size=64))
     assert isinstance(model, MMDetCascadeRCNN) and model.roi_heads.num_stages == 3
@@ -362,15 +362,15 @@ def test_build_task_model_cascade_round_trips_its_config():
     again = model_from_config(json.loads(json.dumps(model.task_config)))
     assert isinstance(again, MMDetCascadeRCNN)
     assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
-    full = build_task_model("detection", "uniformer_small_dense", 3, model_args=TINY_BACKBONE,
+    full = build_task_model("detection", "uniformer_small", 3, model_args=TINY_BACKBONE,
                             head_args=dict(detector="cascade_mask_rcnn"))
     head = full.roi_heads.box_head[0]
     assert full.backbone.out_channels == 256 and head[0][0].out_channels == 256 and head[5].out_features == 1024
     with pytest.raises(ValueError, match="unknown cascade_mask_rcnn option"):
-        build_task_model("detection", "uniformer_small_dense", 3, model_args=TINY_BACKBONE,
+        build_task_model("detection", "uniformer_small", 3, model_args=TINY_BACKBONE,
                          head_args=dict(detector="cascade_mask_rcnn", num_fcs=3))
     with pytest.raises(ValueError, match="'retinanet'"):
-        build_task_model("detection", "uniformer_small_dense", 3, model_args=TINY_BACKBONE,
+        build_task_model("detection", "uniformer_small", 3, model_args=TINY_BACKBONE,
                          head_args=dict(detector="retinanet"))
 
 

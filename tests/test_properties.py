@@ -23,7 +23,7 @@ FAMILIES: Dict[str, Tuple[str, dict, int]] = {
     "token labeling": ("uniformer_small_tl", TINY, 2),
     "video": ("uniformer_video_small", TINY, 3),
     "video hourglass": ("uniformer_video_xxs", TINY_LIGHT, 3),
-    "dense": ("uniformer_small_dense", DENSE_TINY, 2),
+    "dense": ("uniformer_small", dict(DENSE_TINY, features_only=True), 2),
     "vt": ("vt_resnet18", dict(num_classes=10), 2),
 }
 DTYPES = [torch.float32, torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.bool]

@@ -144,9 +144,15 @@ def test_token_labeling_eval_rule_and_training_outputs():
         expected = model.head(tokens.mean(1)) + 0.5 * model.aux_head(tokens).max(dim=1).values
         torch.testing.assert_close(model(X), expected)
     model.train()
+    assert model(X).shape == (2, 10)  # timm's contract: logits in training mode too (as timm's VOLO)
+    model.set_token_labeling(True)  # the official token-labeling training output, MixToken included
     torch.manual_seed(0)
-    cls_logits, aux, box = model(torch.randn(4, 3, 64, 64))
+    out = model(torch.randn(4, 3, 64, 64))
+    assert isinstance(out, uniformer.models.TokenLabelingOutput)
+    cls_logits, aux, box = out
     assert cls_logits.shape == (4, 10) and aux.shape == (4, 4, 10) and len(box) == 4
+    with pytest.raises(ValueError, match="no token-labeling head"):
+        tiny("uniformer_small").set_token_labeling(True)
 
 
 def test_mix_token_box_geometry():

@@ -1,4 +1,5 @@
-"""Video end to end: real MP4 files written with PyAV, training, multi-view evaluation, predict-video, bad videos."""
+"""Video end to end: real MP4 files written with PyAV and JPEG frame folders written with PIL, training, multi-view
+evaluation, predict-video, bad videos."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, run_cli, write_video
+from conftest import TINY, one_line_error, run_cli, write_video
 
 import uniformer
 
@@ -88,3 +89,61 @@ def test_predict_video_with_an_official_style_checkpoint_prints_kinetics_names(t
 
     names = [line.split("%", 1)[1].strip() for line in out.strip().splitlines()[1:]]
     assert len(names) == 5 and all(n in _KINETICS400_CATEGORIES for n in names)
+
+
+# ------------------------------------------------------------------------------------------------ frame folders
+def write_frames(folder: Path, frames: int, direction: int, template: str = "{:05d}.jpg", side: int = 32) -> Path:
+    """A frame-folder video of real JPEG files numbered from 1: a bright square moving right (1) or left (-1)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(frames):
+        img = np.full((side, side, 3), 30, dtype=np.uint8)
+        x = round((k if direction > 0 else frames - 1 - k) / (frames - 1) * (side - 8))
+        img[side // 2 - 4: side // 2 + 4, x: x + 8] = 230
+        Image.fromarray(img).save(folder / template.format(k + 1), quality=95)
+    return folder
+
+
+def test_frame_folders_train_eval_with_2x3_views_and_predict_video(tmp_path):
+    """Something-Something V1 style frames ({:05d}.jpg): train/ in class folders of frame folders, val from a
+    rawframes list file; eval and predict-video reuse the run's frame template."""
+    data = tmp_path / "frames"
+    for label, direction in (("left", -1), ("right", 1)):
+        for i in range(3):
+            write_frames(data / "train" / label / f"{label}{i}", 10 + i, direction)
+    lines = []
+    for i, (label, direction) in enumerate((("left", -1), ("right", 1), ("left", -1), ("right", 1))):
+        write_frames(data / "val_frames" / f"clip {i}", 9 + i, direction)
+        lines.append(f"val_frames/clip {i} {9 + i} {0 if label == 'left' else 1}")
+    (data / "val.txt").write_text("\n".join(lines) + "\n")
+    (data / "classes.txt").write_text("left\nright\n")
+    run = tmp_path / "run"
+    out = run_cli("train", "--data", str(data), *TINY_VIDEO, "--frame-template", "{:05d}.jpg", "--hflip", "0",
+                  "--epochs", "2", "--views", "2x3", "--output", str(run)).stdout
+    assert "6 train / 4 val videos, 2 classes, 4x32x32" in out and "epoch   2/2" in out
+    best = [line for line in out.splitlines() if "*best*" in line][-1]
+    correct, total = re.search(r"\((\d+)/(\d+)\)", best).groups()
+    assert total == "4"
+    assert f"({correct}/{total})" in run_cli("eval", "--checkpoint", str(run)).stdout  # 2x3 views, the run's template
+    bad = write_frames(tmp_path / "bad clip", 12, 1)
+    (bad / "00007.jpg").write_bytes((bad / "00007.jpg").read_bytes()[:300])
+    proc = run_cli("predict-video", "--checkpoint", str(run), "--topk", "2", str(data / "val_frames" / "clip 0"),
+                   str(bad), check=False)
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith(str(data / "val_frames" / "clip 0"))
+    assert "2 clip(s) x 3 crop(s) of 4 frames, dense sampling, stride 2" in lines[0]
+    assert {lines[1].split()[-1], lines[2].split()[-1]} == {"left", "right"} and len(lines) == 3
+    one_line_error(proc, f"bad video {bad}: cannot read image {bad / '00007.jpg'}")
+
+
+def test_frame_options_are_validated():
+    from uniformer.engine.config import TrainConfig, validate
+
+    for template in ("img.jpg", "img_%05d.jpg", "sub/{:05d}.jpg"):
+        with pytest.raises(ValueError, match=r"^--frame-template: frame template must be"):
+            validate(TrainConfig(frame_template=template))
+    with pytest.raises(ValueError, match="--frame-start must be a non-negative integer, got -1"):
+        validate(TrainConfig(frame_start=-1))
+    validate(TrainConfig(frame_template="{:05d}.jpg", frame_start=0))

@@ -24,11 +24,11 @@ out += ["## Examples", "", "```",
         "$ uniformer plot runs/digits",
         "$ uniformer predict --checkpoint runs/digits photo.png",
         "$ uniformer predict-video --model uniformer_video_small.k400_16x4 --checkpoint uniformer_small_k400_16x4.pth clip.mp4",
-        "$ uniformer train --task segmentation --data ~/data/ade --reduce-zero-label --model uniformer_small_dense "
+        "$ uniformer train --task segmentation --data ~/data/ade --reduce-zero-label --model uniformer_small "
         "--init-checkpoint uniformer_small_in1k.pth --output runs/ade",
         "$ uniformer eval --checkpoint runs/ade --inference slide",
         "$ uniformer predict --checkpoint runs/ade street.jpg          # street_segmentation.png",
-        "$ uniformer train --task detection --data ~/data/coco --model uniformer_small_dense --output runs/coco",
+        "$ uniformer train --task detection --data ~/data/coco --model uniformer_small --output runs/coco",
         "$ uniformer predict --checkpoint runs/pose people.jpg --box 40 20 120 300",
         "$ uniformer export --model uniformer_small --checkpoint uniformer_small_in1k.pth --output uniformer_small.onnx",
         "$ uniformer export --checkpoint runs/digits --output digits.pt          # TorchScript, format from the suffix",

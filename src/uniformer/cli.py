@@ -32,8 +32,9 @@ def default_input(model: torch.nn.Module, side: Optional[int] = None) -> tuple:
     """(C, H, W) — or (C, T, H, W) for video, T from the checkpoint tag's protocol — at the default resolution."""
     from .models.uniformer_video import video_protocol
 
-    c, h, w = model.pretrained_cfg["input_size"]
-    h = w = side or h
+    size = model.pretrained_cfg["input_size"]  # (C, H, W), video (C, T, H, W)
+    c, h = size[0], side or size[-1]
+    w = h
     if getattr(model, "dims", 2) == 3:
         return (c, video_protocol(model.pretrained_cfg)["frames"], h, w)
     return (c, h, w)
@@ -126,7 +127,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         pc = timm.models.get_pretrained_cfg(full)
         source = f"{pc.hf_hub_id}/{pc.hf_hub_filename}" if pc.hf_hub_id else (pc.file or "official zoo (local file)")
         notes = ", ".join(pc.notes or ())
-        print(f"    {full:<34} input {pc.input_size[1]}x{pc.input_size[2]}  crop_pct {pc.crop_pct}  {notes}  {source}")
+        size = "x".join(map(str, pc.input_size[1:]))
+        names = f"  {len(pc.label_names)} class names" if getattr(pc, "label_names", None) else ""
+        print(f"    {full:<40} input {size}  crop_pct {pc.crop_pct}  {notes}{names}  {source}")
     return 0
 
 
@@ -292,7 +295,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(args.checkpoint, data=args.data, model_name=args.model, batch_size=args.batch_size or 64,
                                  workers=args.workers, img_size=args.img_size, split=args.split, device=args.device,
                                  views=args.views, num_frames=args.num_frames, frame_stride=args.frame_stride,
-                                 sampler=args.sampler, aggregation=args.view_aggregation, skip_bad=args.skip_bad)
+                                 sampler=args.sampler, aggregation=args.view_aggregation, skip_bad=args.skip_bad,
+                                 frame_template=args.frame_template, frame_start=args.frame_start)
     print(f"acc1 {result['acc1']:.2f}% ({int(result['correct1'])}/{int(result['count'])})  "
           f"acc5 {result['acc5']:.2f}%  loss {result['loss']:.4f}")
     return 0
@@ -306,7 +310,8 @@ def _eval_official(args: argparse.Namespace) -> int:
 
     for flag, value in (("--inference", args.inference), ("--img-size", args.img_size), ("--views", args.views),
                         ("--num-frames", args.num_frames), ("--frame-stride", args.frame_stride),
-                        ("--sampler", args.sampler)):
+                        ("--sampler", args.sampler), ("--frame-template", args.frame_template),
+                        ("--frame-start", args.frame_start)):
         if value is not None:
             raise CliError(f"{flag} does not apply to official dense models (their config fixes the test pipeline)")
     if args.official_config:
@@ -332,9 +337,10 @@ def _eval_official(args: argparse.Namespace) -> int:
 def cmd_predict_video(args: argparse.Namespace) -> int:
     import time
 
+    from .data.frames import DEFAULT_FRAME_START, DEFAULT_FRAME_TEMPLATE
     from .data.video import load_video_views
     from .engine.config import parse_views
-    from .engine.trainer import aggregate_views
+    from .engine.trainer import aggregate_views, run_frame_naming
     from .models.uniformer_video import video_protocol
 
     if args.topk < 1:
@@ -347,12 +353,17 @@ def cmd_predict_video(args: argparse.Namespace) -> int:
     clips, crops = parse_views(args.views or proto["views"])
     frames, stride = args.num_frames or proto["frames"], args.frame_stride or proto["stride"]
     sampler, size = args.sampler or proto["sampler"], args.img_size or cfg["input_size"][-1]
+    template, start = args.frame_template, args.frame_start
+    if any(Path(video).is_dir() for video in args.videos):  # frame folders: named as in the run unless given
+        template, start = run_frame_naming(args.checkpoint, template, start)
     names = class_names(model.num_classes, args.labels, cfg.get("label_names"))
     k = min(args.topk, model.num_classes)
     for video in args.videos:
         t0 = time.perf_counter()
         views = load_video_views(video, num_frames=frames, stride=stride, sampler=sampler, img_size=size,
-                                 num_clips=clips, num_crops=crops, mean=cfg["mean"], std=cfg["std"])
+                                 num_clips=clips, num_crops=crops, mean=cfg["mean"], std=cfg["std"],
+                                 frame_template=template or DEFAULT_FRAME_TEMPLATE,
+                                 frame_start=DEFAULT_FRAME_START if start is None else start)
         decode_ms = 1000 * (time.perf_counter() - t0)
         logits, clip_ms = [], []
         with torch.inference_mode():
@@ -478,11 +489,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "predict-video",
-        help="top-k classes for video files (multi-view), with per-clip timing",
+        help="top-k classes for video files or frame folders (multi-view), with per-clip timing",
         description="Classify videos with a video checkpoint: an official one (--model NAME.TAG gives the protocol "
-        "and Kinetics-400 names, e.g. uniformer_video_small.k400_16x4) or a uniformer run / saved folder.",
+        "and Kinetics-400 names, e.g. uniformer_video_small.k400_16x4) or a uniformer run / saved folder. A VIDEO "
+        "that is a folder is read as a video's frames, named by --frame-template from --frame-start.",
     )
-    p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (any format PyAV/FFmpeg decodes)")
+    p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (any format PyAV/FFmpeg decodes) or frame "
+                                                              "folders (image files, one per frame)")
     _prediction_arguments(p, "names saved with the model or the checkpoint tag's label set")
     p.add_argument("--img-size", type=int, help="crop side (default: the checkpoint's)")
     _video_arguments(p)
@@ -547,6 +560,10 @@ def _video_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", choices=("dense", "segment"), help="video: frame sampler (default: the protocol)")
     p.add_argument("--view-aggregation", choices=("prob", "logits"), default="prob",
                    help="video: average softmax probabilities (default) or sum raw logits (official protocol)")
+    p.add_argument("--frame-template", help="video: file names of the frames in frame folders, one integer field "
+                                            "(default: the run's, else img_{:05d}.jpg; SSv1: {:05d}.jpg)")
+    p.add_argument("--frame-start", type=int, help="video: number of the first frame file of a frame folder "
+                                                   "(default: the run's, else 1)")
 
 
 def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:

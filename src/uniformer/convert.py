@@ -132,4 +132,8 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> Dic
     out, report = convert_state_dict(state_dict, model)
     if report.dropped_heads:
         _logger.warning("classifier shapes differ from the checkpoint; re-initialised %s", ", ".join(report.dropped_heads))
+    init_only = tuple(getattr(model, "init_only_prefixes", ()))
+    if init_only and not any(k.startswith(init_only) for k in out):
+        # an ImageNet checkpoint for a dense backbone: its norm1..4 keep their identity init (timm loads strictly)
+        out.update({k: v for k, v in model.state_dict().items() if k.startswith(init_only)})
     return out

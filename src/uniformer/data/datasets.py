@@ -64,6 +64,15 @@ def _check_image_folder(root: Path) -> None:
             raise ValueError(f"class folder {d} contains no images (extensions {', '.join(IMG_EXTENSIONS)})")
 
 
+def _dense_layout_hint(root: Path) -> str:
+    """What a folder that is not an ImageFolder dataset looks like, for the error message ('' if nothing known)."""
+    if (root / "images").is_dir() and (root / "annotations").is_dir():
+        return "an ADE20K-style segmentation dataset (images/, annotations/): pass --task segmentation"
+    if (root / "annotations").is_dir() and any((root / "annotations").glob("*.json")):
+        return "a COCO dataset (annotations/*.json): pass --task detection or --task pose"
+    return ""
+
+
 def build_image_dataset(
     data: Union[str, os.PathLike], split: str, transform: Optional[Callable] = None, img_size: int = 64
 ) -> Dataset:
@@ -82,6 +91,10 @@ def build_image_dataset(
     if not root.is_dir():
         raise FileNotFoundError(f"data folder not found: {root} (expected {root}/train and {root}/val, or 'digits')")
     split_root = root / split
+    if not split_root.is_dir():
+        dense = _dense_layout_hint(root)
+        if dense:
+            raise FileNotFoundError(f"{root} has no {split}/ class folders; it looks like {dense}")
     _check_image_folder(split_root)
     return ImageFolder(str(split_root), transform=transform, loader=load_image, is_valid_file=_is_image)
 

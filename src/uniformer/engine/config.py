@@ -11,6 +11,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
+from ..data.frames import DEFAULT_FRAME_START, DEFAULT_FRAME_TEMPLATE, check_frame_template
+
 __all__ = ["TrainConfig", "add_train_arguments", "config_from_args", "load_yaml", "save_yaml", "parse_views"]
 
 
@@ -28,9 +30,10 @@ class TrainConfig:
     # data and model
     data: str = option("digits", "'digits' (embedded scikit-learn digits) or a folder with train/ and val/ class "
                                  "folders; video: a folder with train.txt/val.txt list files or train/ and val/ "
-                                 "class folders of videos")
+                                 "class folders of video files or of frame folders (docs/training.md)")
     task: Optional[str] = option(None, "image, video, segmentation, detection or pose (default: image or video from "
-                                       "the model; the dense tasks take a uniformer_*_dense backbone)",
+                                       "the model; the dense tasks build their backbone from an image model, e.g. "
+                                       "uniformer_small, as timm's features_only)",
                                  choices=("image", "video", "segmentation", "detection", "pose"))
     model: str = option("uniformer_xxs", "model name (see `uniformer models`)")
     model_args: Dict[str, Any] = option({}, "architecture overrides as JSON, e.g. '{\"depth\": [1, 1, 3, 2]}'")
@@ -84,6 +87,10 @@ class TrainConfig:
                                            "summing raw logits (logits, the official protocol)",
                                    choices=("prob", "logits"))
     skip_bad: bool = option(False, "video: skip unreadable or too-short videos with a warning instead of stopping")
+    frame_template: str = option(DEFAULT_FRAME_TEMPLATE, "video: file names of the frames in frame-folder videos, "
+                                                         "Python format syntax with one integer field (SSv1: "
+                                                         "{:05d}.jpg)")
+    frame_start: int = option(DEFAULT_FRAME_START, "video: number of the first frame file of a frame folder")
     # dense tasks (--task segmentation / detection / pose)
     head: str = option("fpn", "segmentation head: Semantic FPN with mmseg's BatchNorm head (fpn), the same with the "
                               "Detectron2 GroupNorm head (fpn-gn), UperNet with an FCN auxiliary head (upernet) or "
@@ -257,8 +264,14 @@ def validate(config: TrainConfig) -> None:
         (config.num_frames is None or config.num_frames >= 1, f"--num-frames must be at least 1, got {config.num_frames}"),
         (config.frame_stride is None or config.frame_stride >= 1,
          f"--frame-stride must be at least 1, got {config.frame_stride}"),
+        (isinstance(config.frame_start, int) and config.frame_start >= 0,
+         f"--frame-start must be a non-negative integer, got {config.frame_start}"),
     ]
     parse_views(config.views)
+    try:
+        check_frame_template(config.frame_template)
+    except ValueError as e:
+        raise ValueError(f"--frame-template: {e}") from None
     dense = config.task in ("segmentation", "detection", "pose")
     if dense:
         classification_only = [("--mixup", config.mixup > 0), ("--cutmix", config.cutmix > 0), ("--aa", config.aa),

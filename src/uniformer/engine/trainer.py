@@ -23,9 +23,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
 from .. import create_model, load_checkpoint
+from ..models import TokenLabelingOutput
 from ..data import DIGITS, build_image_dataset
+from ..data.frames import DEFAULT_FRAME_START, DEFAULT_FRAME_TEMPLATE
 from .checkpointing import RunDir, resolve_checkpoint_path, rng_state, set_rng_state
-from .config import TrainConfig, parse_views, save_yaml
+from .config import TrainConfig, load_yaml, parse_views, save_yaml
 from .distributed import DistContext, ShardSampler, all_reduce_sum, init_distributed
 from .metrics import MetricsLogger, accuracy_counts
 
@@ -77,14 +79,11 @@ def compute_loss(
 
     - plain logits: ``criterion(logits, target)``;
     - light models ``(head, head_cls)``: ``0.5·criterion(head) + 0.5·criterion(head_cls)`` (official recipe);
-    - token-labeling models ``(cls, aux, box)``: without dense token labels (they came from an NFNet-F6 teacher),
+    - token-labeling models (a :class:`~uniformer.models.TokenLabelingOutput`): without dense token labels (they came from an NFNet-F6 teacher),
       every token's target is its own image's label; the class target is mixed with the batch-flipped one by the
       MixToken box area, as in the official loss, and both terms have weight 1.
     """
-    if isinstance(outputs, tuple) and len(outputs) == 2:
-        head, head_cls = outputs
-        return 0.5 * criterion(head, target) + 0.5 * criterion(head_cls, target), head
-    if isinstance(outputs, tuple) and len(outputs) == 3:
+    if isinstance(outputs, TokenLabelingOutput):
         cls_logits, aux, (x1, y1, x2, y2) = outputs
         num_classes = cls_logits.shape[-1]
         soft = _soft(target, num_classes, smoothing)
@@ -94,6 +93,9 @@ def compute_loss(
         token_target = soft.unsqueeze(1).expand(-1, aux.shape[1], -1)
         loss = _soft_ce(cls_logits, cls_target) + _soft_ce(aux.reshape(-1, num_classes), token_target.reshape(-1, num_classes))
         return loss, cls_logits
+    if isinstance(outputs, tuple) and len(outputs) == 2:
+        head, head_cls = outputs
+        return 0.5 * criterion(head, target) + 0.5 * criterion(head_cls, target), head
     return criterion(outputs, target), outputs
 
 
@@ -115,7 +117,8 @@ def _datasets(config: TrainConfig, task: str, split: str, **kwargs: Any):
     if task == "video":
         from ..data.video import VideoDataset
 
-        return VideoDataset(config.data, split, skip_bad=config.skip_bad, **kwargs)
+        return VideoDataset(config.data, split, skip_bad=config.skip_bad, frame_template=config.frame_template,
+                            frame_start=config.frame_start, **kwargs)
     return build_image_dataset(config.data, split, **kwargs)
 
 
@@ -238,15 +241,35 @@ def eval_loader(dataset, batch_size: int, workers: int, ctx: DistContext,
                       pin_memory=ctx.device.type == "cuda")
 
 
+def _run_config_file(checkpoint: str, path: Path) -> Optional[Path]:
+    """The ``config.yaml`` of the training run a checkpoint belongs to, if it is inside one."""
+    return next((p / "config.yaml" for p in (Path(checkpoint), path.resolve().parent.parent)
+                 if (p / "config.yaml").is_file()), None)
+
+
 def run_data(checkpoint: str, path: Path) -> str:
     """The ``--data`` of the training run a checkpoint belongs to (its ``config.yaml``)."""
-    from .config import load_yaml
-
-    run_config = next((p / "config.yaml" for p in (Path(checkpoint), path.resolve().parent.parent)
-                       if (p / "config.yaml").is_file()), None)
+    run_config = _run_config_file(checkpoint, path)
     if run_config is None:
         raise ValueError("pass --data: the checkpoint is not inside a training run directory")
     return load_yaml(run_config)["data"]
+
+
+def run_frame_naming(checkpoint: str, frame_template: Optional[str] = None,
+                     frame_start: Optional[int] = None) -> Tuple[str, int]:
+    """Frame-folder naming for evaluating / predicting with a checkpoint: the given values, else those of the
+    training run the checkpoint belongs to, else the defaults (``img_{:05d}.jpg`` from 1). A ``config.yaml`` beside
+    the checkpoint that is not a run's options file is not a run: the defaults apply."""
+    saved: Dict[str, Any] = {}
+    if frame_template is None or frame_start is None:
+        run_config = _run_config_file(checkpoint, resolve_checkpoint_path(checkpoint))
+        try:
+            saved = load_yaml(run_config) if run_config is not None else {}
+        except ValueError:
+            saved = {}
+    template = frame_template if frame_template is not None else saved.get("frame_template", DEFAULT_FRAME_TEMPLATE)
+    start = frame_start if frame_start is not None else saved.get("frame_start", DEFAULT_FRAME_START)
+    return template, start
 
 
 def evaluate_checkpoint(
@@ -264,11 +287,14 @@ def evaluate_checkpoint(
     sampler: Optional[str] = None,
     aggregation: str = "prob",
     skip_bad: bool = False,
+    frame_template: Optional[str] = None,
+    frame_start: Optional[int] = None,
 ) -> Dict[str, float]:
     """Evaluate a run directory, a saved model folder, or an official weights file (with ``model_name``).
 
     The preprocessing (and for video the frames, stride, sampler and views) is the one recorded with the checkpoint
-    unless overridden; ``data`` defaults to the run's data.
+    unless overridden; ``data`` defaults to the run's data, and the frame-folder naming to the run's
+    (:func:`run_frame_naming`).
     """
     from timm.data import create_transform, resolve_data_config
 
@@ -288,10 +314,11 @@ def evaluate_checkpoint(
 
             proto = video_protocol(cfg)
             clips, crops = parse_views(views or proto["views"])
+            template, start = run_frame_naming(checkpoint, frame_template, frame_start)
             dataset = VideoDataset(data, split, train=False, num_frames=num_frames or proto["frames"],
                                    stride=frame_stride or proto["stride"], sampler=sampler or proto["sampler"],
                                    img_size=size, num_clips=clips, num_crops=crops, mean=cfg["mean"], std=cfg["std"],
-                                   skip_bad=skip_bad)
+                                   skip_bad=skip_bad, frame_template=template, frame_start=start)
         else:
             data_config = resolve_data_config({"input_size": (3, size, size)} if img_size else {}, model=model)
             dataset = build_image_dataset(data, split, transform=create_transform(**data_config), img_size=size)
@@ -449,8 +476,6 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> Dict[str, 
 
     if config.task in DENSE_TASKS:
         from .dense import train_dense as loop
-    elif config.model.split(".")[0].endswith("_dense"):
-        raise ValueError(f"{config.model} is a dense-prediction backbone: pass --task segmentation, detection or pose")
     else:
         loop = _train
     ctx = init_distributed(config.device)
@@ -496,6 +521,8 @@ def _train(config: TrainConfig, ctx: DistContext, log: Callable[[str], None]) ->
         init_weights(model, config.init_checkpoint, log)
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
+    if getattr(model, "return_dense", False):
+        model.set_token_labeling(True)  # train with the class and per-token logits (official token labeling)
     memory_format = torch.channels_last_3d if task == "video" else torch.channels_last
     use_fast_kernels(model, config.fast_kernels)
     model = place_model(model, config, ctx, memory_format)

@@ -1,13 +1,40 @@
 """Dimension-generic primitives: the same code builds 2-D (image) and 3-D (video) layers."""
 from __future__ import annotations
 
-from typing import Sequence, Type, Union
+from typing import List, Type
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
+from torch.utils.checkpoint import checkpoint
 
-__all__ = ["conv_nd", "batch_norm_nd", "avg_pool_nd", "ChannelLayerNorm", "check_dims"]
+__all__ = ["conv_nd", "batch_norm_nd", "avg_pool_nd", "ChannelLayerNorm", "check_dims", "is_tracing",
+           "CheckpointedBlock"]
+
+
+def is_tracing() -> bool:
+    """True while ``torch.jit.trace``, TorchScript or ``torch.fx`` trace a model: Python-side input checks, which
+    branch on tensor shapes, are skipped then (eager calls keep them)."""
+    return torch.jit.is_scripting() or torch.jit.is_tracing() or is_fx_symbolic_tracing()
+
+
+class CheckpointedBlock(nn.Module):
+    """A block that recomputes its activations in backward when ``grad_checkpointing`` is set (and gradients are
+    on). Each block checkpoints itself, so stage code stays a plain ``nn.Sequential`` call that TorchScript and
+    ``torch.fx`` follow. Subclasses implement ``_forward(x)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grad_checkpointing = False
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            return checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
 
 
 def check_dims(dims: int) -> int:
@@ -27,9 +54,9 @@ def batch_norm_nd(dims: int) -> Type[nn.Module]:
     return (nn.BatchNorm2d, nn.BatchNorm3d)[check_dims(dims) - 2]
 
 
-def avg_pool_nd(x: torch.Tensor, kernel: Union[int, Sequence[int]]) -> torch.Tensor:
-    """Average pooling with stride = kernel on a 2-D or 3-D map (floor mode)."""
-    if x.ndim == 4:
+def avg_pool_nd(x: torch.Tensor, kernel: List[int]) -> torch.Tensor:
+    """Average pooling with stride = kernel (one size per spatial dim) on a 2-D or 3-D map (floor mode)."""
+    if len(kernel) == 2:
         return F.avg_pool2d(x, kernel, kernel)
     if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):  # PyTorch has no such CPU kernel
         return F.avg_pool3d(x.float(), kernel, kernel).to(x.dtype)

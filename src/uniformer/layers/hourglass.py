@@ -4,11 +4,11 @@ The official code keeps token scores and token order in module globals. Here the
 pass in a :class:`PruneState`; every block returns new tensors and never mutates its inputs, and token indices
 stay ``long`` whatever the feature dtype (fp16 cannot represent indices above 2048 exactly).
 """
-from __future__ import annotations
-
 from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
+from timm.layers import register_notrace_function, register_notrace_module
+from torch.utils.checkpoint import checkpoint
 
 from .common import avg_pool_nd
 from .mhra import GlobalBlock, apply_layer_scale
@@ -16,13 +16,14 @@ from .mhra import GlobalBlock, apply_layer_scale
 __all__ = ["PruneState", "HourglassBlock", "initial_prune_state", "validate_prune_schedule"]
 
 
-class PruneState(NamedTuple):
+class PruneState(NamedTuple):  # (no postponed annotations in this file: TorchScript reads these field types)
     """Per-forward bookkeeping: token scores (B, N) (None before the first block) and token order (B, N), long."""
 
     score: Optional[torch.Tensor]
     index: torch.Tensor
 
 
+@register_notrace_function  # torch.fx: token counts come from tensor shapes
 def initial_prune_state(x: torch.Tensor, score: Optional[torch.Tensor] = None) -> PruneState:
     """State at the entry of a stage whose map is ``x`` (B, C, *spatial): raster token order, given score."""
     B, n = x.shape[0], x[0, 0].numel()
@@ -61,6 +62,7 @@ def validate_prune_schedule(
         raise ValueError("stage-4 blocks must prune (prune_ratio < 1): stage 4 starts with pooled scores")
 
 
+@register_notrace_module  # torch.fx keeps it a leaf: how many tokens it keeps depends on the input size
 class HourglassBlock(GlobalBlock):
     """Global MHRA block with hourglass pruning (official ``EvoSABlock``); same parameters and keys as GlobalBlock.
 
@@ -83,6 +85,13 @@ class HourglassBlock(GlobalBlock):
     def forward(  # type: ignore[override]
         self, cls: torch.Tensor, x: torch.Tensor, state: PruneState
     ) -> Tuple[torch.Tensor, torch.Tensor, PruneState]:
+        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            return checkpoint(self._prune_forward, cls, x, state, use_reentrant=False)
+        return self._prune_forward(cls, x, state)
+
+    def _prune_forward(
+        self, cls: torch.Tensor, x: torch.Tensor, state: PruneState
+    ) -> Tuple[torch.Tensor, torch.Tensor, PruneState]:
         x = x + self.pos_embed(x)  # DPE on the full map, every block
         shape = x.shape
         tokens = x.flatten(2).transpose(1, 2)
@@ -91,16 +100,18 @@ class HourglassBlock(GlobalBlock):
             z = torch.cat([cls, tokens], dim=1)
             a, cls_attn = self._attend(z)
             c = cls_attn[:, 1:]
-            score = c if state.score is None else (1 - t) * state.score + t * c
+            prev = state.score
+            score = c if prev is None else (1 - t) * prev + t * c
             z = z + self.drop_path(apply_layer_scale(a, self.gamma_1))
             z = z + self.drop_path(apply_layer_scale(self.mlp(self.norm2(z)), self.gamma_2))
             cls, tokens, index = z[:, :1], z[:, 1:], state.index
         else:
-            if state.score is None:
+            prev = state.score
+            if prev is None:
                 raise ValueError("a pruning hourglass block needs scores from an earlier non-pruning block")
             n_keep = int(tokens.shape[1] * self.prune_ratio)
-            order = torch.argsort(state.score, dim=1, descending=True, stable=True)
-            tokens, score, index = _gather(tokens, order), _gather(state.score, order), _gather(state.index, order)
+            order = torch.argsort(prev, dim=1, descending=True, stable=True)
+            tokens, score, index = _gather(tokens, order), _gather(prev, order), _gather(state.index, order)
             x_info, x_drop = tokens[:, :n_keep], tokens[:, n_keep:]
             s_info, s_drop = score[:, :n_keep], score[:, n_keep:]
             weight = s_drop / s_drop.sum(dim=1, keepdim=True)
@@ -119,7 +130,7 @@ class HourglassBlock(GlobalBlock):
             restore = torch.argsort(index, dim=1)
             tokens, score, index = _gather(tokens, restore), _gather(score, restore), _gather(index, restore)
             if self.downsample:
-                pooled = avg_pool_nd(score.reshape(shape[0], 1, *shape[2:]), (1,) * (len(shape) - 4) + (2, 2))
+                pooled = avg_pool_nd(score.reshape([shape[0], 1] + list(shape[2:])), [1] * (len(shape) - 4) + [2, 2])
                 pooled = pooled.flatten(1)
                 score = pooled * (mass / pooled.sum(dim=1, keepdim=True))
         x = tokens.transpose(1, 2).reshape(shape)

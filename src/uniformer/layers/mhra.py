@@ -5,14 +5,14 @@ classes build the image (2-D) and video (3-D) models.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath
 
-from .common import batch_norm_nd, conv_nd
+from .common import CheckpointedBlock, batch_norm_nd, conv_nd
 from .embed import dynamic_pos_embed
 from .ffn import Mlp
 
@@ -62,7 +62,8 @@ class Attention(nn.Module):
     def _qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        return qkv.unbind(0)
+        q, k, v = qkv.unbind(0)
+        return q, k, v
 
     def _probs(self, q: torch.Tensor, k: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Softmax attention probabilities (before dropout), computed in fp32 for half-precision inputs.
@@ -75,14 +76,14 @@ class Attention(nn.Module):
     def _attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
-        if self.fused_attn:
+        if self.fused_attn and not torch.jit.is_tracing():  # traced (fvcore, ONNX): the explicit, countable path
             return F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
             )
         probs = self._probs(q, k) if attn_mask is None else self._probs(q, k, attn_mask)
         return self.attn_drop(probs.to(v.dtype)) @ v
 
-    def _out(self, x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    def _out(self, x: torch.Tensor, shape: List[int]) -> torch.Tensor:
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(shape)))
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -95,7 +96,7 @@ class Attention(nn.Module):
         Used by the hourglass blocks to score tokens; only that one row is materialised on the fused path.
         """
         q, k, v = self._qkv(x)
-        if self.fused_attn:
+        if self.fused_attn and not torch.jit.is_tracing():
             cls_row = self._probs(q[:, :, :1], k)[:, :, 0]
             out = self._attend(q, k, v)
         else:
@@ -105,7 +106,7 @@ class Attention(nn.Module):
         return self._out(out, x.shape), cls_row.mean(dim=1).to(x.dtype)
 
 
-class LocalBlock(nn.Module):
+class LocalBlock(CheckpointedBlock):
     """Local MHRA block (official ``CBlock``, stages 1–2): DPE, BN → 1×1 → depthwise 5×5(×5) → 1×1, CMlp.
 
     Layer scale γ has shape (1, C, 1, 1[, 1]) and multiplies each branch inside drop path.
@@ -135,14 +136,14 @@ class LocalBlock(nn.Module):
         self.gamma_1 = layer_scale_param(layer_scale, init_value, gamma_shape)
         self.gamma_2 = layer_scale_param(layer_scale, init_value, gamma_shape)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.pos_embed(x)
         x = x + self.drop_path(apply_layer_scale(self.conv2(self.attn(self.conv1(self.norm1(x)))), self.gamma_1))
         x = x + self.drop_path(apply_layer_scale(self.mlp(self.norm2(x)), self.gamma_2))
         return x
 
 
-class GlobalBlock(nn.Module):
+class GlobalBlock(CheckpointedBlock):
     """Global MHRA block (official ``SABlock``, stages 3–4): DPE, then pre-LN self-attention and MLP on tokens.
 
     Tokens are the map flattened in row-major order (video: t-major). Layer scale γ has shape (C,).
@@ -178,9 +179,9 @@ class GlobalBlock(nn.Module):
         self.split = split
         self.window_size, self.window_mask = int(window_size), window_mask
         self.pos_embed = dynamic_pos_embed(dims, dim)
-        if split:
-            self.t_norm = nn.LayerNorm(dim, eps=1e-6)
-            self.t_attn = Attention(dim, num_heads, qkv_bias, qk_scale, attn_drop, drop)
+        # None (no keys) unless split: TorchScript then drops the divided branch statically
+        self.t_norm = nn.LayerNorm(dim, eps=1e-6) if split else None
+        self.t_attn = Attention(dim, num_heads, qkv_bias, qk_scale, attn_drop, drop) if split else None
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads, qkv_bias, qk_scale, attn_drop, drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
@@ -221,10 +222,10 @@ class GlobalBlock(nn.Module):
         y = F.pad(y, (0, 0, 0, pad_r, 0, pad_b))  # zero vectors after the norm, as in the official code
         Hp, Wp = H + pad_b, W + pad_r
         windows = y.reshape(B, Hp // ws, ws, Wp // ws, ws, C).transpose(2, 3).reshape(-1, ws * ws, C)
-        mask = None
-        if self.window_mask and (pad_b or pad_r):
+        mask: Optional[torch.Tensor] = None
+        if self.window_mask and (pad_b > 0 or pad_r > 0):
             valid = F.pad(y.new_ones(1, H, W), (0, pad_r, 0, pad_b)).reshape(1, Hp // ws, ws, Wp // ws, ws)
-            valid = valid.transpose(2, 3).reshape(-1, 1, 1, ws * ws).bool().repeat(B, 1, 1, 1)
+            valid = valid.transpose(2, 3).reshape(-1, 1, 1, ws * ws).to(torch.bool).repeat(B, 1, 1, 1)
             mask = valid
         y = self.attn(windows, mask).reshape(B, Hp // ws, Wp // ws, ws, ws, C).transpose(2, 3)
         y = y.reshape(B, Hp, Wp, C)[:, :H, :W]
@@ -232,9 +233,12 @@ class GlobalBlock(nn.Module):
         t = t + self.drop_path(apply_layer_scale(self.mlp(self.norm2(t)), self.gamma_2))
         return t.permute(0, 3, 1, 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.pos_embed(x)
-        if self.window_size:
+        if self.window_size > 0:
             return self._windowed(x)
-        t = self._divided(x) if self.split else self.mix_tokens(x.flatten(2).transpose(1, 2))
+        if self.t_attn is not None:
+            t = self._divided(x)
+        else:
+            t = self.mix_tokens(x.flatten(2).transpose(1, 2))
         return t.transpose(1, 2).reshape(x.shape)

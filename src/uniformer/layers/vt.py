@@ -7,7 +7,7 @@ the arXiv pseudo-code fills the gaps). Layouts: pixel maps NCHW, tokens (B, L, C
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -38,7 +38,7 @@ class TokenPositionEncoding(nn.Module):
         """(B, L, H, W) attention maps → (B, L, 49)."""
         B, L, H, W = attn.shape
         a = F.interpolate(attn.reshape(B * L, 1, H, W), size=(14, 14), mode="nearest")
-        return self.pos_conv(self.down(a).flatten(1)).reshape(B, L, POS_DIM)
+        return self.pos_conv(self.down(a).flatten(1)).reshape(B, L, -1)
 
 
 class _TokenizerBase(nn.Module):
@@ -59,7 +59,8 @@ class _TokenizerBase(nn.Module):
 
 class FilterTokenizer(_TokenizerBase):
     """First tokenizer (ICCV eq. 1): ``L`` spatial attentions ``softmax_pixels(W_A X / √C)`` pool the value-projected
-    pixels into L tokens. ``forward(x)`` → (tokens (B, L, C_T), attention (B, 1, L, H·W))."""
+    pixels into L tokens. ``forward(x, tokens=None)`` → (tokens (B, L, C_T), attention (B, 1, L, H·W)); ``tokens``
+    is ignored (the recurrent tokenizer's signature, so both plug into :class:`VTModule` the same way)."""
 
     def __init__(self, in_channels: int, num_tokens: int = 16, token_dim: int = 1024, pix_groups: int = 16,
                  pos_enc: bool = True) -> None:
@@ -67,7 +68,7 @@ class FilterTokenizer(_TokenizerBase):
         self.attn_conv = nn.Conv2d(in_channels, num_tokens, 1, bias=False)
         self.scale = in_channels ** -0.5
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, tokens: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         B, C, H, W = x.shape
         attn = (self.attn_conv(x).flatten(2) * self.scale).softmax(dim=-1)  # (B, L, N), sums to 1 over pixels
         raw = attn @ self.value(x).flatten(2).transpose(1, 2)  # (B, L, C)
@@ -91,7 +92,9 @@ class RecurrentTokenizer(_TokenizerBase):
         self.query = nn.Conv1d(token_dim, in_channels, 1, groups=token_groups, bias=False)
         self.key = nn.Conv2d(in_channels, in_channels, 1, groups=pix_groups, bias=False)
 
-    def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, tokens: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        if tokens is None:
+            raise ValueError("a recurrent tokenizer needs the previous module's tokens")
         B, C, H, W = x.shape
         L = tokens.shape[1]
         t_in = tokens[:, : L // 2] if self.update == "half" else tokens
@@ -178,11 +181,16 @@ class VTModule(nn.Module):
         self.projector = (Projector(in_channels, out_channels, token_dim, num_heads, pix_groups, token_groups)
                           if projector else None)
 
-    def forward(self, x: torch.Tensor, tokens: Optional[torch.Tensor] = None):
-        t, a_tok = self.tokenizer(x) if self.first else self.tokenizer(x, tokens)
+    def forward(self, x: torch.Tensor, tokens: Optional[torch.Tensor] = None
+                ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Dict[str, Optional[torch.Tensor]]]:
+        t, a_tok = self.tokenizer(x, tokens)
         t, a_tr = self.transformer(t)
-        y, coef = self.projector(x, t) if self.projector is not None else (None, None)
-        return t, y, dict(tokenizer=a_tok, transformer=a_tr, projector=coef)
+        y: Optional[torch.Tensor] = None
+        coef: Optional[torch.Tensor] = None
+        if self.projector is not None:
+            y, coef = self.projector(x, t)
+        attn: Dict[str, Optional[torch.Tensor]] = {"tokenizer": a_tok, "transformer": a_tr, "projector": coef}
+        return t, y, attn
 
 
 def init_vt_weights(module: nn.Module) -> None:

@@ -29,12 +29,9 @@ def check_global_pool(global_pool: str) -> str:
 
 
 class ClassifierAPI:
-    """``set_grad_checkpointing``, ``get_classifier`` and the pooling part of ``reset_classifier``."""
-
-    grad_checkpointing: bool
-    head: nn.Module
-    global_pool: str
-    num_classes: int
+    """``set_grad_checkpointing``, ``get_classifier`` and the pooling part of ``reset_classifier`` (for classes with
+    ``grad_checkpointing``, ``head``, ``global_pool`` and ``num_classes`` attributes; no class-level annotations,
+    which TorchScript would read as attribute types)."""
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:

@@ -7,21 +7,23 @@ official state dicts load with ``strict=True``. Architectures are registered wit
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._builder import pretrained_cfg_for_features
 from timm.models._features import feature_take_indices
-from torch.utils.checkpoint import checkpoint
 
 from ..convert import checkpoint_filter_fn
-from ..layers import ConvDown, ConvStem, GlobalBlock, LocalBlock, PatchEmbed, batch_norm_nd, check_dims
+from ..layers import (CheckpointedBlock, ConvDown, ConvStem, GlobalBlock, LocalBlock, PatchEmbed, batch_norm_nd,
+                      check_dims, is_tracing)
 from .common import ClassifierAPI, check_global_pool, check_input_dtype
+from .dense import DenseMixin
 
-__all__ = ["UniFormer", "per_stage"]
+__all__ = ["UniFormer", "UniFormerDense", "TokenLabelingOutput", "per_stage"]
 
 INPUT_MULTIPLE = 32  # total stride: sides that are multiples of it give the same grid for every stem
 
@@ -35,16 +37,30 @@ def per_stage(value: Any, name: str, num_stages: int = 4) -> List[Any]:
     return [value] * num_stages
 
 
+class TokenLabelingOutput(NamedTuple):
+    """Training output of a token-labeling model (after ``set_token_labeling(True)``): class logits (B, K), per-token
+    logits (B, N, K) and the MixToken box (x1, y1, x2, y2) on the stride-4 grid (all 0 without MixToken)."""
+
+    cls_logits: torch.Tensor
+    aux_logits: torch.Tensor
+    box: Tuple[int, int, int, int]
+
+
 class UniFormer(ClassifierAPI, nn.Module):
     """UniFormer backbone + classifier for images (``dims=2``) and videos (``dims=3``).
 
     Args use the official keyword names: ``depth``/``embed_dim`` (per stage), ``head_dim`` (heads = C // head_dim),
     ``mlp_ratio`` (float or per stage), ``qkv_bias``, ``qk_scale``, ``conv_stem`` (S†: conv stem + conv downsampling),
     ``layer_scale`` (bool or per-stage bools) with ``init_value``, ``drop_rate`` (dropout before the head),
-    ``attn_drop_rate``, ``drop_path_rate``. ``return_dense=True`` adds the token-labeling ``aux_head`` (evaluation
-    output ``head + 0.5·max over tokens of aux_head``); ``mix_token=True`` enables MixToken in training.
+    ``attn_drop_rate``, ``drop_path_rate``. ``return_dense=True`` adds the token-labeling ``aux_head`` (output
+    ``head + 0.5·max over tokens of aux_head``); ``set_token_labeling(True)`` makes training-mode ``forward`` return
+    a :class:`TokenLabelingOutput` instead (with MixToken when ``mix_token=True``), as the official training does.
     Video (``dims=3``, input NCTHW): the stem halves T (kernel 3×4×4, stride 2×4×4); ``std=True`` uses 3×2×2 instead
     of 1×2×2 downsampling kernels; ``split=True`` uses divided space-time attention in stages 3–4.
+    Stage-3 attention of the dense models (images; the weights are the same in every mode): ``windows=True`` attends
+    in ``window_size`` windows in every block, ``hybrid=True`` makes block j global iff (j + 1) % 4 == 0 and windowed
+    otherwise; incomplete windows are zero-padded and, as the published numbers require, not masked
+    (``window_mask=True`` masks them).
     """
 
     def __init__(
@@ -69,6 +85,10 @@ class UniFormer(ClassifierAPI, nn.Module):
         dims: int = 2,
         std: bool = False,
         split: bool = False,
+        windows: bool = False,
+        hybrid: bool = False,
+        window_size: int = 14,
+        window_mask: bool = False,
     ) -> None:
         super().__init__()
         self.dims = check_dims(dims)
@@ -76,7 +96,12 @@ class UniFormer(ClassifierAPI, nn.Module):
             raise ValueError("std and split are video options: they need dims=3")
         if dims == 3 and (return_dense or mix_token):
             raise ValueError("token labeling (return_dense, mix_token) is an image-only option")
+        if dims == 3 and (windows or hybrid):
+            raise ValueError("window / hybrid attention (windows, hybrid) is an image-only option")
+        if (windows or hybrid) and int(window_size) < 1:
+            raise ValueError(f"window_size must be at least 1, got {window_size}")
         self.std, self.split = std, split
+        self.windows, self.hybrid, self.window_size, self.window_mask = windows, hybrid, int(window_size), window_mask
         self.depth = [int(d) for d in per_stage(depth, "depth")]
         self.embed_dim = [int(c) for c in per_stage(embed_dim, "embed_dim")]
         if head_dim < 1 or any(c < head_dim for c in self.embed_dim[2:]):
@@ -90,6 +115,7 @@ class UniFormer(ClassifierAPI, nn.Module):
         self.conv_stem = conv_stem
         self.return_dense = return_dense
         self.mix_token = mix_token
+        self.token_labeling = False
         self.grad_checkpointing = False
         mlp_ratios = per_stage(mlp_ratio, "mlp_ratio")
         layer_scales = per_stage(layer_scale, "layer_scale")
@@ -105,7 +131,7 @@ class UniFormer(ClassifierAPI, nn.Module):
             common = dict(mlp_ratio=mlp_ratios[i], drop=drop_rate, layer_scale=layer_scales[i], init_value=init_value)
             attn = dict(num_heads=c // head_dim, qkv_bias=qkv_bias, qk_scale=qk_scale, attn_drop=attn_drop_rate)
             blocks = [self._make_block(i, j, c, dpr[block_idx + j], common, attn) for j in range(d)]
-            self.add_module(f"blocks{i + 1}", nn.ModuleList(blocks))
+            self.add_module(f"blocks{i + 1}", self._make_stage(i, blocks))
             block_idx += d
             info = dict(num_chs=c, reduction=4 * 2**i, module=f"blocks{i + 1}")
             self.feature_info.append(info if dims == 2 else dict(info, temporal_reduction=2))
@@ -135,16 +161,26 @@ class UniFormer(ClassifierAPI, nn.Module):
         return GlobalBlock(dim, drop_path=drop_path, dims=self.dims, split=self.split,
                            **self._window_args(stage, index), **attn, **common)
 
+    def _make_stage(self, stage: int, blocks: List[nn.Module]) -> nn.Module:
+        """The container of one stage's blocks (keys ``blocks{stage + 1}.{j}``): a Sequential, run as one call."""
+        return nn.Sequential(*blocks)
+
     def _window_args(self, stage: int, index: int) -> Dict[str, Any]:
-        """Window-attention settings of one block (none in the classification models; see the dense backbones)."""
-        return {}
+        """Window-attention settings of one block: stage 3 only, every block (``windows``) or all but every 4th
+        (``hybrid``)."""
+        if stage != 2 or not (self.windows or (self.hybrid and (index + 1) % 4 != 0)):
+            return {}
+        return dict(window_size=self.window_size, window_mask=self.window_mask)
+
+    def _make_stage_tokens(self) -> None:
+        """Parameters that enter between stages (the light models' class token); none here."""
 
     def _make_tail(self, drop_rate: float) -> None:
+        self._make_stage_tokens()
         self.norm = batch_norm_nd(self.dims)(self.num_features)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = self._linear_head()
-        if self.return_dense:
-            self.aux_head = self._linear_head()
+        self.aux_head = self._linear_head() if self.return_dense else None
 
     def _linear_head(self) -> nn.Module:
         return nn.Linear(self.num_features, self.num_classes) if self.num_classes > 0 else nn.Identity()
@@ -179,6 +215,23 @@ class UniFormer(ClassifierAPI, nn.Module):
             ],
         )
 
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute every block's activations in backward (each block checkpoints itself)."""
+        self.grad_checkpointing = enable
+        for module in self.modules():
+            if isinstance(module, CheckpointedBlock):
+                module.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def set_token_labeling(self, enable: bool = True) -> None:
+        """Training-mode ``forward`` returns a :class:`TokenLabelingOutput` (the official token-labeling training,
+        MixToken included when ``mix_token``); off by default, so ``forward`` always returns logits (timm's contract,
+        as timm's VOLO)."""
+        if enable and not self.return_dense:
+            raise ValueError(f"{type(self).__name__} has no token-labeling head: build a *_tl model (return_dense)")
+        self.token_labeling = enable
+
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """Replace every classifier (``head``, and ``aux_head``/``head_cls`` where present) with ``num_classes``."""
         self._reset_pool_and_classes(num_classes, global_pool)
@@ -192,12 +245,15 @@ class UniFormer(ClassifierAPI, nn.Module):
         return ["head", "aux_head"] if self.return_dense else ["head"]
 
     # --------------------------------------------------------------------------------------------------- forward
+    @torch.jit.unused
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise ``ValueError`` unless ``x`` is (B, in_chans, [T,] H, W) with H and W multiples of 32 (and T ≥ 1)."""
-        if torch.jit.is_tracing() or torch.jit.is_scripting():
+        """Raise ``ValueError`` unless ``x`` is (B, in_chans, [T,] H, W) with H and W multiples of 32 (and T ≥ 1; a
+        video model also takes (B, C, H, W) as one frame). Skipped while tracing (``torch.jit.trace``, TorchScript,
+        ``torch.fx``)."""
+        if is_tracing():
             return
         layout = "(B, C, H, W)" if self.dims == 2 else "(B, C, T, H, W)"
-        if x.ndim != self.dims + 2:
+        if x.ndim != self.dims + 2 and not (self.dims == 3 and x.ndim == 4):
             raise ValueError(f"{type(self).__name__} expects a {self.dims + 2}-D input {layout}, got shape {tuple(x.shape)}")
         if x.shape[1] != self.in_chans:
             raise ValueError(f"expected {self.in_chans} input channels {layout}, got shape {tuple(x.shape)}")
@@ -210,35 +266,41 @@ class UniFormer(ClassifierAPI, nn.Module):
             )
         check_input_dtype(self, x)
 
-    def _run(self, block: nn.Module, *args: Any) -> Any:
-        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
-            return checkpoint(block, *args, use_reentrant=False)
-        return block(*args)
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dims == 3:  # a (B, C, H, W) input is a one-frame clip; a reshape, not a branch on the rank (tracers)
+            x = x.reshape(x.shape[0], x.shape[1], -1, x.shape[-2], x.shape[-1])
+        return self.pos_drop(self.patch_embed1(x))
 
-    def _downsample(self, stage: int, x: torch.Tensor) -> torch.Tensor:
-        x = getattr(self, f"patch_embed{stage + 1}")(x)
-        return self.pos_drop(x) if stage == 0 else x
+    def _local_stages(self, x: torch.Tensor, num_stages: int) -> List[torch.Tensor]:
+        """Stages 1–2 (convolutional) from the stem output."""
+        x = self.blocks1(x)
+        outs = [x]
+        if num_stages > 1:
+            outs.append(self.blocks2(self.patch_embed2(x)))
+        return outs
 
-    def _blocks(self, stage: int, x: torch.Tensor, ctx: Any) -> Tuple[torch.Tensor, Any]:
-        """Run one stage's blocks. ``ctx`` carries cross-stage state (the light models' class token and scores)."""
-        for block in getattr(self, f"blocks{stage + 1}"):
-            x = self._run(block, x)
-        return x, ctx
+    def _stages_from_stem(self, x: torch.Tensor, num_stages: int) -> List[torch.Tensor]:
+        """Outputs of the first ``num_stages`` stages from the stem output. Stages are written out (no loop over
+        ``getattr``) so that TorchScript and ``torch.fx`` follow them."""
+        outs = self._local_stages(x, num_stages)
+        if num_stages > 2:
+            x = self.blocks3(self.patch_embed3(outs[-1]))
+            outs.append(x)
+            if num_stages > 3:
+                outs.append(self.blocks4(self.patch_embed4(x)))
+        return outs
 
-    def _stage(self, stage: int, x: torch.Tensor, ctx: Any) -> Tuple[torch.Tensor, Any]:
-        return self._blocks(stage, self._downsample(stage, x), ctx)
-
-    def _forward_stages(self, x: torch.Tensor) -> Tuple[torch.Tensor, Any]:
-        ctx = None
-        for stage in range(4):
-            x, ctx = self._stage(stage, x, ctx)
-        return x, ctx
+    def _forward_stages(self, x: torch.Tensor, num_stages: int = 4) -> List[torch.Tensor]:
+        """Outputs of the first ``num_stages`` stages (strides 4, 8, 16, 32), before any norm."""
+        return self._stages_from_stem(self._stem(x), num_stages)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Unpooled final map after the BatchNorm ``norm``: (B, C4, H/32, W/32) (video: (B, C4, T/2, H/32, W/32))."""
-        self.check_input(x)
-        return self.norm(self._forward_stages(x)[0])
+        if not torch.jit.is_scripting():
+            self.check_input(x)
+        return self.norm(self._forward_stages(x)[-1])
 
+    @torch.jit.ignore
     def forward_intermediates(
         self,
         x: torch.Tensor,
@@ -253,16 +315,13 @@ class UniFormer(ClassifierAPI, nn.Module):
             raise ValueError(f"output_fmt must be 'NCHW' (channels first), got {output_fmt!r}")
         self.check_input(x)
         take_indices, max_index = feature_take_indices(4, indices)
-        last = max_index if stop_early else 3
-        intermediates, ctx = [], None
-        for stage in range(last + 1):
-            x, ctx = self._stage(stage, x, ctx)
-            if stage in take_indices:
-                intermediates.append(self.norm(x) if norm and stage == 3 else x)
+        outs = self._forward_stages(x, max_index + 1 if stop_early else 4)
+        intermediates = [self.norm(outs[i]) if norm and i == 3 else outs[i] for i in take_indices]
         if intermediates_only:
             return intermediates
-        return (self.norm(x) if last == 3 else x), intermediates
+        return (self.norm(outs[-1]) if len(outs) == 4 else outs[-1]), intermediates
 
+    @torch.jit.ignore
     def prune_intermediate_layers(
         self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> List[int]:
@@ -270,34 +329,31 @@ class UniFormer(ClassifierAPI, nn.Module):
         take_indices, max_index = feature_take_indices(4, indices)
         for stage in range(max_index + 1, 4):
             setattr(self, f"patch_embed{stage + 1}", nn.Identity())
-            setattr(self, f"blocks{stage + 1}", nn.ModuleList())
+            setattr(self, f"blocks{stage + 1}", nn.Sequential())
         if prune_norm:
             self.norm = nn.Identity()
         if prune_head:
             self.reset_classifier(0, "")
         return take_indices
 
-    def _pool(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean(dim=tuple(range(2, x.ndim))) if self.global_pool == "avg" else x
-
-    def _classify(self, head: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Apply a linear head to pooled (B, C) features or per position of an unpooled map."""
-        return head(x) if x.ndim == 2 else head(x.movedim(1, -1)).movedim(-1, 1)
-
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool → dropout → ``head``. Token-labeling models add ``0.5 · max over tokens of aux_head(tokens)``."""
-        pooled = self.head_drop(self._pool(x))
+        """Pool → dropout → ``head`` (``global_pool=''``: the head applied at every position of the map).
+        Token-labeling models add ``0.5 · max over tokens of aux_head(tokens)`` to the pooled logits."""
+        if self.global_pool != "avg":
+            x = self.head_drop(x)
+            return x if pre_logits else self.head(x.movedim(1, -1)).movedim(-1, 1)
+        pooled = self.head_drop(x.flatten(2).mean(-1))
         if pre_logits:
             return pooled
-        logits = self._classify(self.head, pooled)
-        if self.return_dense and self.global_pool == "avg":
+        logits = self.head(pooled)
+        if self.aux_head is not None and self.num_classes > 0:
             logits = logits + 0.5 * self.aux_head(x.flatten(2).transpose(1, 2)).amax(dim=1)
         return logits
 
-    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, Tuple[int, ...]]]:
-        """Logits. Token-labeling models in training mode return ``(cls_logits, token_logits, box)`` (MixToken)."""
-        if self.return_dense and self.training:
-            return self._forward_token_labeling(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes) — in training mode too, unless ``set_token_labeling(True)``."""
+        if self.token_labeling and self.training and not torch.jit.is_scripting():
+            return self.forward_token_labeling(x)  # type: ignore[return-value]
         return self.forward_head(self.forward_features(x))
 
     # ------------------------------------------------------------------------------------------- token labeling
@@ -315,32 +371,40 @@ class UniFormer(ClassifierAPI, nn.Module):
         clip = lambda v, hi: min(max(v, 0), hi)  # noqa: E731
         return clip(cx - cut_w // 2, W), clip(cy - cut_h // 2, H), clip(cx + cut_w // 2, W), clip(cy + cut_h // 2, H)
 
-    def _forward_token_labeling(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Tuple[int, ...]]:
+    @torch.jit.ignore
+    def forward_token_labeling(self, x: torch.Tensor) -> TokenLabelingOutput:
+        """Class and per-token logits of the official token-labeling training (MixToken in training mode when
+        ``mix_token``)."""
+        if not self.return_dense:
+            raise ValueError(f"{type(self).__name__} has no token-labeling head: build a *_tl model (return_dense)")
         self.check_input(x)
-        x = self._downsample(0, x)
+        x = self._stem(x)
         box = (0, 0, 0, 0)
-        if self.mix_token:
+        if self.mix_token and self.training:
             lam = float(torch.distributions.Beta(1.0, 1.0).sample())
             box = self.mix_token_box(x.shape[2:4], lam)
             x1, y1, x2, y2 = box
             mixed = x.clone()
             mixed[:, :, x1:x2, y1:y2] = x.flip(0)[:, :, x1:x2, y1:y2]
             x = mixed
-        x, ctx = self._blocks(0, x, None)
-        for stage in range(1, 4):
-            x, ctx = self._stage(stage, x, ctx)
-        x = self.norm(x)
+        x = self.norm(self._stages_from_stem(x, 4)[-1])
         B, _, h, w = x.shape
         tokens = x.flatten(2).transpose(1, 2)
         cls_logits = self.head(self.head_drop(tokens.mean(dim=1)))
         aux = self.aux_head(tokens)
-        if self.mix_token:
+        if box != (0, 0, 0, 0):
             x1, y1, x2, y2 = (v // 8 for v in box)  # stride-4 grid → stride-32 grid
             aux = aux.reshape(B, h, w, -1)
             restored = aux.clone()
             restored[:, x1:x2, y1:y2] = aux.flip(0)[:, x1:x2, y1:y2]
             aux = restored.reshape(B, h * w, -1)
-        return cls_logits, aux, box
+        return TokenLabelingOutput(cls_logits, aux, box)
+
+
+class UniFormerDense(DenseMixin, UniFormer):
+    """Dense UniFormer-S/B backbone: ``create_model("uniformer_small", features_only=True, ...)``. Keywords
+    ``out_indices``, ``frozen_stages``, ``norm_eval`` plus every UniFormer keyword (``windows``, ``hybrid``,
+    ``window_size``); ``forward`` returns the list of normalised NCHW maps (official keys ``norm1..4``)."""
 
 
 # ------------------------------------------------------------------------------------------------ registration
@@ -375,8 +439,23 @@ def image_cfg(filename: str = "", *, size: int = 224, head_dim: int = 64, **kwar
     return cfg
 
 
-def create_uniformer(variant: str, pretrained: bool = False, model_cls: type = UniFormer, **kwargs: Any) -> nn.Module:
-    """Build a registered variant through timm (pretrained cfg, ``features_only``, pretrained filter)."""
+def create_uniformer(variant: str, pretrained: bool = False, model_cls: type = UniFormer,
+                     dense_cls: Optional[type] = UniFormerDense, **kwargs: Any) -> nn.Module:
+    """Build a registered variant through timm (pretrained cfg, pretrained filter).
+
+    ``features_only=True`` gives the dense backbone ``dense_cls`` (timm's convention for feature extractors): the
+    same weights plus the per-stage norms ``norm1..4`` of the official dense checkpoints, returning the list of
+    normalised stage maps; ``windows``/``hybrid``/``window_size``, ``out_indices``, ``frozen_stages`` and
+    ``norm_eval`` configure it. ``feature_cls='getter'`` (or a model without a dense class, e.g. video) uses timm's
+    generic wrapper over :meth:`UniFormer.forward_intermediates` instead.
+    """
+    if kwargs.get("features_only") and dense_cls is not None and kwargs.get("feature_cls") in (None, "dense"):
+        kwargs.pop("features_only")
+        kwargs.pop("feature_cls", None)
+        model = build_model_with_cfg(dense_cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                                     **kwargs)
+        model.pretrained_cfg = model.default_cfg = pretrained_cfg_for_features(model.pretrained_cfg)
+        return model
     return build_model_with_cfg(
         model_cls,
         variant,

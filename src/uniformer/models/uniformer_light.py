@@ -14,9 +14,10 @@ import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
 from ..layers import ConvStem, HourglassBlock, PatchEmbed, initial_prune_state, validate_prune_schedule
+from .dense import DenseMixin
 from .uniformer import UniFormer, create_uniformer, image_cfg, per_stage
 
-__all__ = ["UniFormerLight", "default_prune_schedule"]
+__all__ = ["UniFormerLight", "UniFormerLightDense", "default_prune_schedule"]
 
 
 def default_prune_schedule(depth: Sequence[int], ratio: float = 0.5) -> List[List[float]]:
@@ -29,7 +30,8 @@ class UniFormerLight(UniFormer):
     default: the official schedule for ``depth``).
 
     ``forward`` returns logits in eval mode and ``(head_logits, cls_logits)`` in training mode (the official recipe
-    trains both with 0.5·CE each). ``forward_features`` returns the normalised map only.
+    trains both with 0.5·CE each; TorchScript keeps the eval output). ``forward_features`` returns the normalised
+    map only.
     """
 
     default_use_ema = True  # official light checkpoints were evaluated with their EMA weights
@@ -72,13 +74,16 @@ class UniFormerLight(UniFormer):
             **common,
         )
 
-    def _make_cls_token(self) -> None:
-        """Class token entering stage 3 and its widening to stage 4 (also used by the dense light backbone)."""
+    def _make_stage(self, stage: int, blocks: List[nn.Module]) -> nn.Module:
+        # stages 3-4 pass (cls, x, state) from block to block: a ModuleList (a Sequential's forward takes one input)
+        return nn.ModuleList(blocks) if stage >= 2 else super()._make_stage(stage, blocks)
+
+    def _make_stage_tokens(self) -> None:
+        """Class token entering stage 3 and its widening to stage 4 (also in the dense light backbone)."""
         self.cls_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim[2]))
         self.cls_upsample = nn.Linear(self.embed_dim[2], self.embed_dim[3])
 
     def _make_tail(self, drop_rate: float) -> None:
-        self._make_cls_token()
         super()._make_tail(drop_rate)
         self.norm_cls = nn.LayerNorm(self.num_features, eps=1e-5)
         self.head_cls = self._linear_head()
@@ -90,30 +95,55 @@ class UniFormerLight(UniFormer):
     def no_weight_decay(self) -> set:
         return {"cls_token"}
 
-    def _blocks(self, stage: int, x: torch.Tensor, ctx: Any) -> Tuple[torch.Tensor, Any]:
-        if stage < 2:
-            return super()._blocks(stage, x, ctx)
-        if stage == 2:
-            cls, state = self.cls_token.expand(x.shape[0], -1, -1), initial_prune_state(x)
-        else:  # stage 4: class token widened, token order reset, pooled scores kept
-            cls, prev = ctx
-            cls, state = self.cls_upsample(cls), initial_prune_state(x, prev.score)
-        for block in getattr(self, f"blocks{stage + 1}"):
-            cls, x, state = self._run(block, cls, x, state)
-        return x, (cls, state)
+    def _light_stages(self, x: torch.Tensor, num_stages: int) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """Stage outputs from the stem output, and the class token after the last stage run (before stage 3: the
+        initial token). Stages 3–4 pass the class token and the :class:`~uniformer.layers.PruneState` block to block;
+        stage 4 widens the token and starts from stage 3's pooled scores."""
+        outs = self._local_stages(x, num_stages)
+        cls = self.cls_token
+        if num_stages > 2:
+            x = self.patch_embed3(outs[-1])
+            cls, state = self.cls_token.expand(x.shape[0], -1, -1), initial_prune_state(x, None)
+            for block3 in self.blocks3:
+                cls, x, state = block3(cls, x, state)
+            outs.append(x)
+            if num_stages > 3:
+                x = self.patch_embed4(x)
+                cls, state = self.cls_upsample(cls), initial_prune_state(x, state.score)
+                for block4 in self.blocks4:  # (a new name: TorchScript cannot rebind a module variable)
+                    cls, x, state = block4(cls, x, state)
+                outs.append(x)
+        return outs, cls
+
+    def _stages_from_stem(self, x: torch.Tensor, num_stages: int) -> List[torch.Tensor]:
+        return self._light_stages(x, num_stages)[0]
 
     def forward_features_with_cls(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Normalised final map and the final class token (B, C4)."""
-        self.check_input(x)
-        x, (cls, _) = self._forward_stages(x)
-        return self.norm(x), cls[:, 0]
+        if not torch.jit.is_scripting():
+            self.check_input(x)
+        outs, cls = self._light_stages(self._stem(x), 4)
+        return self.norm(outs[-1]), cls[:, 0]
 
-    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, cls = self.forward_features_with_cls(x)
         logits = self.forward_head(x)
-        if self.training:
-            return logits, self.head_cls(self.norm_cls(cls))
+        if self.training and not torch.jit.is_scripting():
+            return logits, self.head_cls(self.norm_cls(cls))  # type: ignore[return-value]
         return logits
+
+
+class UniFormerLightDense(DenseMixin, UniFormerLight):
+    """Dense light (hourglass) backbone: ``create_model("uniformer_xxs", features_only=True)``; the pruning stays on,
+    ``norm1..4`` normalise each stage output."""
+
+    def _frozen_parameters(self) -> List[nn.Parameter]:
+        params = super()._frozen_parameters()
+        if self.frozen_stages >= 2:  # the class token enters at stage 3, its widening at stage 4
+            params.append(self.cls_token)
+        if self.frozen_stages >= 3:
+            params += list(self.cls_upsample.parameters())
+        return params
 
 
 # ------------------------------------------------------------------------------------------------ registration
@@ -142,7 +172,8 @@ default_cfgs = generate_default_cfgs(
 
 
 def _build(name: str, pretrained: bool, kwargs: Dict[str, Any]) -> UniFormerLight:
-    return create_uniformer(name, pretrained, model_cls=UniFormerLight, **dict(MODEL_ARGS[name], **kwargs))
+    return create_uniformer(name, pretrained, model_cls=UniFormerLight, dense_cls=UniFormerLightDense,
+                            **dict(MODEL_ARGS[name], **kwargs))
 
 
 @register_model

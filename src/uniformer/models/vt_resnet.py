@@ -7,7 +7,7 @@ it (:func:`load_torchvision_trunk`). Design decisions for the paper's ambiguitie
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Union
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -17,6 +17,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
+from ..layers import is_tracing
 from ..layers.vt import VTModule, init_vt_weights
 from .common import ClassifierAPI, check_global_pool, check_input_dtype
 
@@ -105,8 +106,9 @@ class VTResNet(ClassifierAPI, nn.Module):
         return ["head"]
 
     # -------------------------------------------------------------------------------------------------- forward
+    @torch.jit.unused
     def check_input(self, x: torch.Tensor) -> None:
-        if torch.jit.is_tracing() or torch.jit.is_scripting():
+        if is_tracing():
             return
         if x.ndim != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"{type(self).__name__} expects (B, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
@@ -114,36 +116,53 @@ class VTResNet(ClassifierAPI, nn.Module):
             raise ValueError(f"input sides must be at least 32, got {x.shape[-2]}x{x.shape[-1]}")
         check_input_dtype(self, x)
 
-    def _run(self, fn: nn.Module, *args: Any) -> Any:
-        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
-            return checkpoint(fn, *args, use_reentrant=False)
-        return fn(*args)
-
-    def _stages(self, x: torch.Tensor):
-        """Yield (name, output) for layer1, layer2, layer3 and each VT module (tokens, map, attention maps)."""
+    def _trunk(self, x: torch.Tensor, num_stages: int = 3) -> List[torch.Tensor]:
+        """Outputs of the first ``num_stages`` ResNet stages (layer1..3, strides 4, 8, 16)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        for name in ("layer1", "layer2", "layer3"):
-            x = self._run(getattr(self, name), x)
-            yield name, x
-        tokens = None
-        for i, module in enumerate(self.vt):
-            tokens, y, attn = self._run(module, x, tokens) if i else self._run(module, x)
-            yield f"vt.{i}", (tokens, y, attn)
-            x = y if y is not None else x
+        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            outs = []
+            for layer in (self.layer1, self.layer2, self.layer3)[:num_stages]:
+                x = checkpoint(layer, x, use_reentrant=False)
+                outs.append(x)
+            return outs
+        x = self.layer1(x)
+        outs = [x]
+        if num_stages > 1:
+            x = self.layer2(x)
+            outs.append(x)
+            if num_stages > 2:
+                outs.append(self.layer3(x))
+        return outs
 
+    def _vt(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, List[Dict[str, Optional[torch.Tensor]]]]:
+        """The VT modules on the stride-16 map: final tokens, the last projected map (``x`` if none projects) and each
+        module's attention maps."""
+        tokens: Optional[torch.Tensor] = None
+        attns: List[Dict[str, Optional[torch.Tensor]]] = []
+        for module in self.vt:
+            if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+                t, y, attn = checkpoint(module, x, tokens, use_reentrant=False)
+            else:
+                t, y, attn = module(x, tokens)
+            tokens = t
+            attns.append(attn)
+            if y is not None:
+                x = y
+        assert tokens is not None  # at least one module (checked at construction)
+        return tokens, x, attns
+
+    @torch.jit.ignore
     def forward_tokens(self, x: torch.Tensor, return_attn: bool = False):
         """Final tokens (B, L, C_T); with ``return_attn`` also the list of per-module attention-map dicts."""
         self.check_input(x)
-        attns, tokens = [], None
-        for name, out in self._stages(x):
-            if name.startswith("vt"):
-                tokens = out[0]
-                attns.append(out[2])
+        tokens, _, attns = self._vt(self._trunk(x)[-1])
         return (tokens, attns) if return_attn else tokens
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Final tokens (B, L, C_T) (layout 'NLC')."""
-        return self.forward_tokens(x)
+        if not torch.jit.is_scripting():
+            self.check_input(x)
+        return self._vt(self._trunk(x)[-1])[0]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Mean over tokens → dropout → ``head`` (``global_pool=''`` keeps per-token outputs)."""
@@ -154,6 +173,7 @@ class VTResNet(ClassifierAPI, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    @torch.jit.ignore
     def forward_intermediates(
         self,
         x: torch.Tensor,
@@ -164,25 +184,19 @@ class VTResNet(ClassifierAPI, nn.Module):
         intermediates_only: bool = False,
     ):
         """NCHW maps of layer1 (stride 4), layer2 (8), layer3 (16) and the last projected VT map (16); ``final`` is
-        the token output of ``forward_features``."""
+        the token output of ``forward_features`` (None when ``stop_early`` ends before the VT modules)."""
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         self.check_input(x)
         take, max_index = feature_take_indices(4, indices)
-        feats, tokens, vt_map = [], None, None
-        for name, out in self._stages(x):
-            if name.startswith("vt"):
-                tokens = out[0]
-                vt_map = out[1] if out[1] is not None else vt_map
-                continue
-            idx = ("layer1", "layer2", "layer3").index(name)
-            if idx in take:
-                feats.append(out)
-            vt_map = out if name == "layer3" else vt_map
-            if stop_early and idx == max_index and max_index < 3:
-                break
-        if 3 in take:
-            feats.append(vt_map)
+        early = stop_early and max_index < 3
+        outs = self._trunk(x, max_index + 1 if early else 3)
+        feats = [outs[i] for i in take if i < 3]
+        tokens = None
+        if not early:
+            tokens, vt_map, _ = self._vt(outs[-1])
+            if 3 in take:
+                feats.append(vt_map)
         return feats if intermediates_only else (tokens, feats)
 
     def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,

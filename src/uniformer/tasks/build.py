@@ -15,28 +15,36 @@ import torch.nn as nn
 from .official import from_official_config
 from .segmentation import backbone_channels
 
-__all__ = ["DENSE_TASKS", "build_backbone", "backbone_channels", "build_task_model", "model_from_config",
+__all__ = ["DENSE_TASKS", "LEGACY_DENSE_NAMES", "build_backbone", "backbone_channels", "build_task_model", "model_from_config",
            "task_backbone"]
 
 DENSE_TASKS = ("segmentation", "detection", "pose")
 
 
+# The dense backbones' names before they became timm feature extractors: runs saved with them keep loading.
+LEGACY_DENSE_NAMES = {f"uniformer_{size}_dense": f"uniformer_{size}" for size in ("small", "base", "xxs", "xs")}
+
+
 def build_backbone(name: str, model_args: Optional[Mapping[str, Any]] = None, drop_path_rate: float = 0.0) -> nn.Module:
-    """A backbone returning its stride 4/8/16/32 maps: a ``*_dense`` UniFormer as is, any other timm/uniformer model
-    through timm's ``features_only=True``."""
+    """A backbone returning its stride 4/8/16/32 maps: timm's ``features_only=True`` on a model name. UniFormer
+    image models give their dense backbone (the official ``norm1..4`` on every stage; ``model_args`` may set
+    ``windows``/``hybrid``/``window_size``, ``out_indices``, ``frozen_stages``, ``norm_eval``)."""
     from .. import create_model, resolve_model_name
 
+    arch, dot, tag = name.partition(".")
+    name = LEGACY_DENSE_NAMES.get(arch, arch) + dot + tag
     resolve_model_name(name)  # unknown names: one line with close-name suggestions
     args = dict(model_args or {})
     if drop_path_rate:
         args["drop_path_rate"] = drop_path_rate
-    if name.split(".")[0].endswith("_dense"):
-        return create_model(name, **args)
     try:
-        return create_model(name, features_only=True, **args)
+        backbone = create_model(name, features_only=True, **args)
     except (RuntimeError, TypeError, AssertionError) as e:
         raise ValueError(f"{name} cannot serve as a dense backbone (timm features_only failed: {e}); use a "
-                         "uniformer_*_dense model") from None
+                         "UniFormer image model such as uniformer_small") from None
+    if getattr(getattr(backbone, "model", backbone), "dims", 2) != 2:
+        raise ValueError(f"{name} is a video model; the dense tasks need an image backbone such as uniformer_small")
+    return backbone
 
 
 def task_backbone(model: nn.Module) -> nn.Module:
@@ -105,7 +113,7 @@ def build_task_model(
         model = TopDownPoseModel(body, channels, num_joints=num_classes, **head_args)
     model.task_config = {
         "task": task,
-        "architecture": backbone.split(".")[0],
+        "architecture": LEGACY_DENSE_NAMES.get(backbone.split(".")[0], backbone.split(".")[0]),
         "model_args": copy.deepcopy(dict(model_args or {})),
         "num_classes": num_classes,
         "head_args": copy.deepcopy(head_args),

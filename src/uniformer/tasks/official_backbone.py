@@ -2,9 +2,9 @@
 Sense-X/UniFormer repository) as one of our dense backbones, keyword for keyword.
 
 ``type='UniFormer'`` (``layers``, ``embed_dim``, ``head_dim``, ``mlp_ratio``, ``windows``, ``hybrid``,
-``window_size``, ...) becomes :class:`~uniformer.models.uniformer_dense.UniFormerDense`; ``type='UniFormer_Light'``
+``window_size``, ...) becomes :class:`~uniformer.models.UniFormerDense`; ``type='UniFormer_Light'``
 (``depth``, ``conv_stem``, ``prune_ratio``, ``trade_off``, ...) becomes
-:class:`~uniformer.models.uniformer_dense.UniFormerLightDense`. Training-only switches (``use_checkpoint``,
+:class:`~uniformer.models.UniFormerLightDense`. Training-only switches (``use_checkpoint``,
 ``checkpoint_num``, ``pretrained``, ``init_cfg``) are accepted: gradient checkpointing maps onto timm's
 ``set_grad_checkpointing``, the others do not change the model. Any other keyword is refused by name.
 """
@@ -32,9 +32,8 @@ _LIGHT = dict(_COMMON, depth="depth", layers="depth", conv_stem="conv_stem", pru
               trade_off="trade_off")
 _TYPES: Dict[str, Tuple[Dict[str, Any], Sequence[Tuple[str, Tuple[int, ...]]]]] = {
     # type -> (keyword map, [(our architecture, its embed_dim)] to pick the one whose widths match)
-    "UniFormer": (_STANDARD, [("uniformer_small_dense", (64, 128, 320, 512))]),
-    "UniFormer_Light": (_LIGHT, [("uniformer_xxs_dense", (56, 112, 224, 448)),
-                                 ("uniformer_xs_dense", (64, 128, 256, 512))]),
+    "UniFormer": (_STANDARD, [("uniformer_small", (64, 128, 320, 512))]),
+    "UniFormer_Light": (_LIGHT, [("uniformer_xxs", (56, 112, 224, 448)), ("uniformer_xs", (64, 128, 256, 512))]),
 }
 
 
@@ -74,7 +73,7 @@ def build_official_backbone(backbone_cfg: Mapping[str, Any], out_indices: Sequen
     included, also for pose, which uses only the last map), same attention mode (``windows``/``hybrid``,
     ``window_size`` default 14 as the official code). ``use_checkpoint`` turns on gradient checkpointing."""
     name = official_backbone_name(backbone_cfg)
-    model = create_model(name, out_indices=tuple(out_indices), **backbone_kwargs(backbone_cfg))
+    model = create_model(name, features_only=True, out_indices=tuple(out_indices), **backbone_kwargs(backbone_cfg))
     if backbone_cfg.get("use_checkpoint"):
         model.set_grad_checkpointing(True)
     return model
