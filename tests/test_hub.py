@@ -187,6 +187,10 @@ except Exception as e:
     print("missing:", " <- ".join(chain))
 else:
     raise SystemExit("a checkpoint that is not in the offline cache loaded")
+try:
+    uniformer.create_model("uniformer_video_small.k400_8x8", pretrained=True)
+except FileNotFoundError as e:
+    print("ours:", e)
 """
 
 
@@ -219,6 +223,10 @@ def test_pretrained_tags_load_official_files_from_the_offline_hf_cache(tmp_path,
     missing = proc.stdout.split("missing: ", 1)[1]
     assert missing.startswith("LocalEntryNotFoundError") and "offline mode is enabled" in missing
     assert "HF_HUB_OFFLINE" in missing and "Sense-X/uniformer_video/resolve/main/uniformer_small_k400_8x8.pth" in missing
+    ours = proc.stdout.split("ours: ", 1)[1].splitlines()[0]  # uniformer.create_model: one actionable sentence
+    assert ours == ("uniformer_video_small.k400_8x8: the pretrained weights Sense-X/uniformer_video/"
+                    "uniformer_small_k400_8x8.pth are not in the local Hugging Face cache and the Hub cannot be "
+                    "reached (HF_HUB_OFFLINE is set); download them once online, or pass checkpoint_path= a local copy")
     assert sorted(str(p) for p in cache.rglob("*")) == before  # nothing downloaded or written
 
 

@@ -74,6 +74,16 @@ def create_model(
         if "unexpected keyword argument" not in str(e):
             raise
         raise ValueError(f"{model_name}: {str(e).split('.', 1)[-1].replace('__init__()', '').strip()}") from None
+    except FileNotFoundError as e:  # huggingface_hub: not in the local cache and the Hub unreachable (or offline)
+        if not (pretrained and type(e).__module__.startswith("huggingface_hub")):
+            raise
+        cfg = timm.models.get_pretrained_cfg(model_name)
+        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") \
+            else ""
+        raise FileNotFoundError(
+            f"{model_name}: the pretrained weights {cfg.hf_hub_id}/{cfg.hf_hub_filename} are not in the local Hugging "
+            f"Face cache and the Hub cannot be reached{offline}; download them once online, or pass "
+            f"checkpoint_path= a local copy") from e
     if checkpoint_path is not None:
         load_checkpoint(model, checkpoint_path)
     return model
