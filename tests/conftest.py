@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Dict
 
@@ -92,10 +93,11 @@ def run_cli(*args: str, check: bool = True, timeout: int = 600, **env: str):
 
 
 def one_line_error(proc, *fragments: str) -> str:
-    """Assert the CLI failed with exactly one ``uniformer: error: ...`` line containing every fragment."""
+    """Assert the CLI failed with exactly one ``uniformer: error: ...`` line containing every fragment (argparse
+    usage errors name the command: ``uniformer info: error: argument --input-size: ...``)."""
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("uniformer: error: "), proc.stderr
+    assert len(lines) == 1 and re.match(r"uniformer( [\w-]+)?: error: ", lines[0]), proc.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     return lines[0]

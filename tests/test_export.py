@@ -249,5 +249,5 @@ def test_cli_export_end_to_end(tmp_path, capsys):
         args.func(args)
     with pytest.raises(SystemExit):  # argparse rejects an unknown --format
         parser.parse_args(["export", "--model", "uniformer_small", "--format", "tflite", "--output", "m"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["deploy", "saved", "w.safetensors"]
-    assert os.listdir(tmp_path / "deploy") == ["light.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deploy", "saved", "w.safetensors", "w.safetensors.json"]
+    assert sorted(os.listdir(tmp_path / "deploy")) == ["light.pt", "light.pt.json"]  # + the I/O contract

@@ -8,6 +8,7 @@ import ast
 import json
 import logging
 import os
+import re
 import signal
 import shutil
 import subprocess
@@ -141,7 +142,7 @@ def test_predict_rejects_unreadable_images_in_one_line(tmp_path, saved_model, ca
     proc = cli("predict", "--checkpoint", str(saved_model), str(bad), check=False)
     assert proc.returncode == 1
     expected = {"truncated-jpeg": "image file is truncated", "truncated-png": "image file is truncated",
-                "empty-file": "not an image file PIL recognises", "directory": "image not found"}[case]
+                "empty-file": "not an image file PIL recognises", "directory": "holds no images"}[case]  # a folder
     one_line_error(proc, bad.name, expected)
 
 
@@ -309,6 +310,7 @@ def test_ctrl_c_stops_cleanly_with_exit_130_and_the_run_resumes(tmp_path):
     assert "epoch   1/2" in out and "epoch   2/2" not in out
     assert_checkpoint_intact(run, 1)
     assert temporaries(run) == [] and len((run / "metrics.csv").read_text().splitlines()) == 2
+    assert not (run / ".lock").exists()  # the run directory's lock is released on Ctrl-C
     resumed = cli("train", "--resume", str(run)).stdout
     assert "resumed" in resumed and "epoch   2/2" in resumed and "epoch   1/2" not in resumed
     assert points_to(run, "last", 2) and len((run / "metrics.csv").read_text().splitlines()) == 3
@@ -425,6 +427,162 @@ def test_read_only_run_directory_at_checkpoint_time_is_one_line_and_keeps_the_pr
     assert temporaries(run) == []
     resumed = cli("train", "--resume", str(run)).stdout
     assert "resumed" in resumed and "epoch   2/2" in resumed and points_to(run, "last", 2)
+
+
+# ------------------------------------------------------------------------------------------------------ --skip-bad
+def bad_jpeg(path: Path) -> Path:
+    """A truncated JPEG at ``path`` (the untruncated copy :func:`truncated` keeps is removed)."""
+    truncated(path, "JPEG")
+    path.with_suffix(".full.jpg").unlink()
+    return path
+
+
+def main_cli(capsys, *args: str) -> subprocess.CompletedProcess:
+    """The CLI run in this process (no interpreter start), as a finished process: exit status, stdout, stderr."""
+    from uniformer.cli import main
+
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out, err)
+
+
+class Listed(torch.utils.data.Dataset):
+    """Items i -> (tensor [i], i); the indices in ``bad`` come back as BadSample (as a skip_bad dataset's would)."""
+
+    def __init__(self, n: int, bad=()) -> None:
+        self.n, self.bad = n, set(bad)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        from uniformer.data import BadSample
+
+        return BadSample(i, f"item{i}", "unreadable") if i in self.bad else (torch.tensor([float(i)]), i)
+
+
+def test_skip_bad_loader_drops_bad_items_with_workers_and_skips_empty_batches():
+    from uniformer.engine.distributed import DistContext
+    from uniformer.engine.trainer import SkipBadLoader, eval_loader
+
+    loader = eval_loader(Listed(7, bad=[2, 4, 5]), 2, 2, DistContext())  # batches [0 1] [2 3] [4 5] [6], 2 workers
+    with pytest.warns(UserWarning) as caught:
+        batches = [y.tolist() for _x, y in loader]
+    assert batches == [[0, 1], [3], [6]] and loader.skipped == 3  # the all-bad batch [4 5] is skipped, not replaced
+    assert [str(w.message) for w in caught] == [f"skipping item{i} ({k} skipped so far in this process): unreadable"
+                                                for k, i in enumerate([2, 4, 5], 1)]
+    from torch.utils.data import DataLoader
+
+    from uniformer.data import DropBadCollate
+
+    even = SkipBadLoader(DataLoader(Listed(8, bad=[1, 4, 5]), batch_size=4, collate_fn=DropBadCollate()), even=True)
+    with pytest.warns(UserWarning):
+        assert [y.tolist() for _x, y in even] == [[0, 2], [6, 7]]  # Mixup needs even batches: [0 2 3] -> [0 2]
+
+
+def test_skip_bad_counts_videos_exactly(tmp_path, capsys):
+    from conftest import write_video
+    from test_video_engine import TINY_VIDEO
+
+    data = tmp_path / "videos"
+    for split, n in (("train", 2), ("val", 1)):
+        for label, direction in (("right", 1), ("left", -1)):
+            for i in range(n):
+                write_video(data / split / label / f"{label}{i}.mp4", frames=12, direction=direction)
+    bad = data / "val" / "left" / "broken.mp4"  # 3 validation videos, 2 of them good
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)
+    run = tmp_path / "run"
+    with pytest.warns(UserWarning, match="skipping .*broken.mp4"):
+        trained = main_cli(capsys, "train", "--data", str(data), *TINY_VIDEO, "--epochs", "1", "--skip-bad",
+                           "--output", str(run))
+    assert trained.returncode == 0, trained.stderr
+    correct = re.search(r"acc1 [\d.]+% \((\d)/2\)", trained.stdout).group(1)  # the bad video is not counted
+    assert "skipped 0 train / 1 val bad sample(s)" in trained.stdout
+    with pytest.warns(UserWarning, match=rf"skipping {re.escape(str(bad))} \(1 skipped so far in this process\)"):
+        evaluated = main_cli(capsys, "eval", "--checkpoint", str(run), "--skip-bad", "--workers", "2")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert re.match(rf"acc1 [\d.]+% \({correct}/2\) .*  skipped 1 bad sample\(s\)$", evaluated.stdout.strip())
+    one_line_error(main_cli(capsys, "eval", "--checkpoint", str(run), "--workers", "0"), "broken.mp4")
+
+
+def test_skip_bad_image_folder_with_a_truncated_jpeg(tmp_path, capsys):
+    data = image_folder(tmp_path / "data", per_class=4)
+    bad_jpeg(data / "train" / "cat" / "bad.jpg")
+    bad_jpeg(data / "val" / "dog" / "bad.jpg")
+    args = ["train", "--data", str(data), *TRAIN, "--batch-size", "3", "--epochs", "1"]  # 9 train images: 3 batches
+    one_line_error(main_cli(capsys, *args, "--output", str(tmp_path / "r1")), "cannot read image",
+                   str(data / "train" / "cat" / "bad.jpg"), "truncated")
+    run = tmp_path / "r2"
+    with pytest.warns(UserWarning, match="skipping .*bad.jpg"):
+        trained = main_cli(capsys, *args, "--skip-bad", "--output", str(run))
+    assert trained.returncode == 0, trained.stderr
+    correct = re.search(r"acc1 [\d.]+% \((\d)/8\)", trained.stdout).group(1)
+    assert "skipped 1 train / 1 val bad sample(s)" in trained.stdout
+    with pytest.warns(UserWarning, match=r"skipping .*val/dog/bad.jpg \(1 skipped so far in this process\): "
+                                         r"cannot read image .*truncated"):
+        evaluated = main_cli(capsys, "eval", "--checkpoint", str(run), "--skip-bad", "--workers", "0")
+    assert re.match(rf"acc1 [\d.]+% \({correct}/8\) .*  skipped 1 bad sample\(s\)$", evaluated.stdout.strip())
+
+
+def test_skip_bad_segmentation_eval_drops_the_bad_pair_exactly(tmp_path):
+    """Evaluating with a bad mask dropped gives exactly the metrics of the folder without that pair."""
+    from test_segmentation import CLASSES, write_split
+
+    from uniformer.engine.config import TrainConfig
+    from uniformer.engine.dense import SegmentationTask, task_data_config
+    from uniformer.engine.distributed import DistContext
+    from uniformer.tasks.build import build_task_model
+
+    full, kept = tmp_path / "full", tmp_path / "kept"
+    for root, seeds in ((full, [10, 11, 12]), (kept, [10, 12])):
+        write_split(root, "validation", seeds, jpeg=False)
+        (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    for folder in ("images", "annotations"):  # the names of `full`, whose item 1 is the one left out
+        split = kept / folder / "validation"
+        (split / "validation_001.png").rename(split / "validation_002.png")
+    mask = full / "annotations" / "validation" / "validation_001.png"
+    values = np.array(Image.open(mask))
+    values[:4, :4] = 7  # label 7 of 3 classes
+    Image.fromarray(values).save(mask)
+    data_config = task_data_config(TrainConfig(data=str(full), task="segmentation", img_size=64, seg_scale=[80, 64]))
+    torch.manual_seed(0)
+    tiny = {k: v for k, v in TINY.items() if k != "num_classes"}
+    model = build_task_model("segmentation", "uniformer_small", 3, model_args=tiny,
+                             head_args={"neck_channels": 32, "head_channels": 32}, data_config=data_config,
+                             label_names=list(CLASSES)).eval()
+    task = SegmentationTask(data_config, str(full), skip_bad=True)
+    with pytest.warns(UserWarning, match=rf"skipping {re.escape(str(full))}.*validation_001.png \(1 skipped so far "
+                                         r"in this process\): mask .* has label values \[7\]"):
+        dropped = task.evaluate(model, task.dataset("val", train=False), DistContext(), 1, 2)
+    clean = SegmentationTask(data_config, str(kept))
+    assert task.skipped == 1 and dropped == clean.evaluate(model, clean.dataset("val", False), DistContext(), 1, 0)
+
+
+def test_skip_bad_under_torchrun_with_workers_and_an_all_bad_batch(tmp_path):
+    """Two ranks with a DataLoader worker each; a batch in which every sample is bad on one rank makes every rank
+    skip that step (DistributedDataParallel would otherwise wait for it forever); the counts are summed."""
+    from torch.utils.data import DistributedSampler
+
+    data = image_folder(tmp_path / "data", per_class=8)
+    train = sorted((data / "train").rglob("*.png"))  # ImageFolder's order: cat/0..7, dog/0..7
+    # the training sampler's order in epoch 1 (seed 0); batches of 2 per rank
+    rank0, rank1 = (list(DistributedSampler(range(16), num_replicas=2, rank=r, shuffle=True, seed=0, drop_last=True))
+                    for r in (0, 1))
+    bad = {*rank0[:2], rank1[2]}  # rank 0's first batch is all bad; rank 1's second batch half bad
+    for i in bad:
+        train[i].unlink()
+        bad_jpeg(train[i].with_suffix(".jpg"))
+    bad_jpeg(data / "val" / "cat" / "bad.jpg")
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+         "uniformer.cli", "train", "--data", str(data), *TRAIN[:-2], "--workers", "1", "--batch-size", "2",
+         "--epochs", "1", "--skip-bad", "--output", str(run)],
+        capture_output=True, text=True, timeout=600, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "skipped 3 train / 1 val bad sample(s)" in proc.stdout  # summed over the two ranks
+    assert re.search(r"acc1 [\d.]+% \(\d+/16\)", proc.stdout)
+    assert proc.stderr.count("skipping ") == 4
 
 
 # ------------------------------------------------------------------------------------------------------ security

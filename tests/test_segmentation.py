@@ -4,6 +4,7 @@ metric, overlays, and a one-batch overfit of the FPN and UperNet models."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 import uniformer
+from uniformer.data import BadSample
 from uniformer.tasks.segmentation import (FCNAuxHead, FPNHead, SegEvalTransform, SegmentationDataset,
                                           SegmentationMetric, SegmentationModel, SegTrainTransform, UperNetHead,
                                           predict_mask, save_overlay, segmentation_palette, slide_inference,
@@ -185,9 +187,11 @@ def test_dataset_unexpected_mask_values_raise_or_skip(tmp_path):
     with pytest.raises(ValueError, match=r"val_001\.png has label values \[7, 9\]"):
         ds[1]
     skipping = SegmentationDataset(tmp_path, "val", num_classes=3, skip_bad=True)
-    with pytest.warns(UserWarning, match=r"val_001.jpg \(1 skipped so far in this process\).*\[7, 9\]"):
-        image, mask = skipping[1]
-    assert torch.equal(mask, torch.from_numpy(shapes_mask(2).astype(np.int64)))  # replaced by the next item
+    item = skipping[1]  # dropped from its batch by DropBadCollate, never replaced by the next item
+    assert isinstance(item, BadSample) and item.index == 1 and item.path.endswith("val_001.jpg")
+    assert re.search(r"val_001\.png has label values \[7, 9\]", item.reason)
+    image, mask = skipping[2]
+    assert torch.equal(mask, torch.from_numpy(shapes_mask(2).astype(np.int64)))
     Image.fromarray(np.stack([bad] * 3, -1)).save(tmp_path / "annotations" / "val" / "val_002.png")
     with pytest.raises(ValueError, match="val_002.png must be an 8-bit single-channel PNG .* found mode RGB"):
         ds[2]

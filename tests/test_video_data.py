@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from uniformer.data import BadSample
 from uniformer.data.frames import check_frame_template, count_listed_frames
 from uniformer.data.video import (
     VIDEO_MEAN,
@@ -302,20 +303,25 @@ def test_bad_video_fails_naming_the_file_or_is_skipped(tmp_path, kind, message):
         ds[0]
     assert str(bad) in str(info.value) and info.value.path == str(bad)
     skipping = VideoDataset(tmp_path, "train", num_frames=4, stride=2, img_size=16, skip_bad=True)
-    with pytest.warns(UserWarning, match=rf"skipping {re.escape(str(bad))} \(1 skipped so far in this process\): .*{message}"):
-        x, label = skipping[0]
-    assert x.shape == (3, 4, 16, 16) and label == 1
+    item = skipping[0]  # dropped by the loader's collate, never replaced by another video
+    assert isinstance(item, BadSample) and item.index == 0 and item.path == str(bad)
+    assert re.search(message, item.reason)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert skipping[1][1] == 1  # good samples load without warnings
+        x, label = skipping[1]  # good samples load as usual
+    assert x.shape == (3, 4, 16, 16) and label == 1
 
 
 def test_every_bad_video_skipped_still_raises(tmp_path):
+    from uniformer.engine.distributed import DistContext
+    from uniformer.engine.trainer import eval_loader, evaluate
+
     write_bad(tmp_path / "val" / "a" / "x.mp4", "corrupt")
     write_bad(tmp_path / "val" / "b" / "y.mp4", "empty")
-    ds = VideoDataset(tmp_path, "val", skip_bad=True)
-    with pytest.warns(UserWarning), pytest.raises(VideoReadError, match="every video"):
-        ds[1]
+    loader = eval_loader(VideoDataset(tmp_path, "val", skip_bad=True), 1, 0, DistContext())
+    with pytest.warns(UserWarning, match="skipping .*y.mp4 \\(2 skipped so far"), \
+            pytest.raises(ValueError, match=r"every sample of the evaluation set was unreadable \(2 skipped\)"):
+        evaluate(torch.nn.Identity(), loader, DistContext())
 
 
 def test_readers_wrap_pyav_errors(tmp_path):
@@ -563,9 +569,9 @@ def test_bad_frame_folder_fails_naming_the_folder_and_file_or_is_skipped(rawfram
     assert info.value.path == str(bad) and str(info.value).startswith(f"bad video {bad}: ")
     assert len(str(info.value).splitlines()) == 1
     skipping = VideoDataset(rawframes, "train", train=False, num_frames=4, stride=3, img_size=16, skip_bad=True)
-    with pytest.warns(UserWarning, match=rf"skipping {re.escape(str(bad))} \(1 skipped so far in this process\): "
-                                         rf".*{message}"):
-        views, label = skipping[0]
+    item = skipping[0]
+    assert isinstance(item, BadSample) and item.path == str(bad) and re.search(message, item.reason)
+    views, label = skipping[1]
     assert views.shape == (1, 3, 4, 16, 16) and label == 0
 
 

@@ -7,8 +7,10 @@ sub = next(a for a in build_parser()._actions if a.dest == "command")
 cmds = [""] + list(sub.choices)
 out = ["# Command-line reference", "",
        "Every command prints one line `uniformer: error: …` and exits with status 1 on bad input (unknown model — "
-       "with close-name suggestions —, missing or unreadable files, mismatched checkpoints, bad option values); "
-       "argparse usage errors exit with status 2. See also [training.md](training.md), [dense.md](dense.md) and [weights.md](weights.md).", ""]
+       "with close-name suggestions —, missing or unreadable files, mismatched checkpoints). A bad option value is "
+       "one line naming the option, the value and what is allowed, with status 2: `uniformer: error: --epochs must be "
+       "a positive integer, got 0` (`train` flags and `--config` YAML keys), `uniformer info: error: argument "
+       "--input-size: must be a positive multiple of 32, got -64` (argparse, as every usage error). See also [training.md](training.md), [dense.md](dense.md) and [weights.md](weights.md).", ""]
 for cmd in cmds:
     args = [sys.executable, "-m", "uniformer.cli"] + ([cmd] if cmd else []) + ["--help"]
     text = subprocess.run(args, capture_output=True, text=True, env={"COLUMNS": "110", "PATH": "/usr/bin"}).stdout
@@ -32,6 +34,8 @@ out += ["## Examples", "", "```",
         "$ uniformer predict --checkpoint runs/pose people.jpg --box 40 20 120 300",
         "$ uniformer export --model uniformer_small --checkpoint uniformer_small_in1k.pth --output uniformer_small.onnx",
         "$ uniformer export --checkpoint runs/digits --output digits.pt          # TorchScript, format from the suffix",
+        "$ uniformer export --checkpoint runs/coco --output coco.onnx            # boxes/labels/scores/masks; coco.onnx.json",
+        "$ uniformer predict --checkpoint runs/digits photos/ --output predictions.json   # a folder; .csv also",
         "$ uniformer bench uniformer_small uniformer_xxs --peers --paths baseline,eager,fast,fast-bf16",
         "```", ""]
 open("docs/cli.md", "w").write("\n".join(out))

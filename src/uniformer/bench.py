@@ -30,6 +30,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .engine.config import multiple_of_32, positive_int
+from .engine.inference import default_input
+
 __all__ = ["BenchResult", "matmul_peak_gflops", "bench_model", "run_benchmarks", "format_table", "save_chart",
            "PEERS", "PATHS"]
 
@@ -87,8 +90,6 @@ def _build(name: str) -> nn.Module:
 
 
 def _input_shape(model: nn.Module, batch: int, size: Optional[int]) -> tuple:
-    from .cli import default_input
-
     return (batch, *default_input(model, size))
 
 
@@ -286,10 +287,12 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--peers", action="store_true", help=f"add the timm peers on their eager path: {', '.join(PEERS)}")
     p.add_argument("--paths", default="baseline,eager,fast", help="comma-separated subset of "
                                                                   f"{','.join(PATHS)} (default: baseline,eager,fast)")
-    p.add_argument("--batch-size", type=int, default=32, help="batch for throughput and training (default: 32)")
-    p.add_argument("--img-size", type=int, help="input side (default: each model's pretrained size)")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's default, the core count)")
-    p.add_argument("--iters", type=int, default=5, help="timed iterations, median reported (default: 5)")
+    p.add_argument("--batch-size", type=positive_int, default=32,
+                   help="batch for throughput and training (default: 32)")
+    p.add_argument("--img-size", type=multiple_of_32,
+                   help="input side, a multiple of 32 (default: each model's pretrained size)")
+    p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's default, the core count)")
+    p.add_argument("--iters", type=positive_int, default=5, help="timed iterations, median reported (default: 5)")
     p.add_argument("--no-train", dest="train", action="store_false", help="skip the training-step measurement")
     p.add_argument("--amp", action="store_true", help="measure under bf16 autocast (AMX/AVX-512 bf16 CPUs)")
     p.add_argument("--output-dir", default="bench", help="where bench.json/md/png go (default: ./bench)")
@@ -303,8 +306,6 @@ def cmd_bench(args) -> int:
     unknown = [s for s in paths if s not in PATHS]
     if unknown or not paths:
         raise ValueError(f"--paths takes a comma-separated subset of {','.join(PATHS)}, got {args.paths!r}")
-    if args.batch_size < 1 or args.iters < 1 or (args.threads is not None and args.threads < 1):
-        raise ValueError("--batch-size, --iters and --threads must be positive")
     import timm
 
     for name in args.models:

@@ -8,17 +8,51 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, List, NoReturn, Optional, Sequence, Tuple
 
 import torch
+
+from .engine.config import (OptionError, clips_x_crops, device_name, frame_file_template, multiple_of_32,
+                            non_negative_int, number, positive_int, probability)
+from .engine.inference import (check_predictions_path, default_input, image_files, load_model_for_inference,
+                               write_predictions)
+from .engine.inference import official_model as load_official_model
 
 __all__ = ["main", "build_parser"]
 
 EXIT_ERROR = 1
+EXIT_USAGE = 2  # argparse's status for usage errors; also ours for bad option values
 
 
 class CliError(Exception):
     """An error whose message is shown to the user as is."""
+
+
+def version_line() -> str:
+    """``uniformer X.Y.Z (torch …, timm …)``, the installed distributions' versions (as the console-script launcher
+    prints them): what ``uniformer --version`` prints."""
+    from importlib import metadata
+
+    import timm
+
+    from . import __version__
+
+    def version(name: str, fallback: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:  # run from a source tree
+            return fallback
+
+    return (f"uniformer {version('uniformer', __version__)} (torch {version('torch', torch.__version__)}, "
+            f"timm {version('timm', timm.__version__)})")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, ``uniformer info: error: argument --input-size: must be a positive
+    multiple of 32, got -64``, exit status 2 (``--help`` shows the usage). Sub-commands inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
 # ------------------------------------------------------------------------------------------------------- models
@@ -28,26 +62,18 @@ def _gflops(model: torch.nn.Module, size: Sequence[int]) -> float:
     return count_flops(model, (1, *size)) / 1e9
 
 
-def default_input(model: torch.nn.Module, side: Optional[int] = None) -> tuple:
-    """(C, H, W) — or (C, T, H, W) for video, T from the checkpoint tag's protocol — at the default resolution."""
-    from .models.uniformer_video import video_protocol
-
-    size = model.pretrained_cfg["input_size"]  # (C, H, W), video (C, T, H, W)
-    c, h = size[0], side or size[-1]
-    w = h
-    if getattr(model, "dims", 2) == 3:
-        return (c, video_protocol(model.pretrained_cfg)["frames"], h, w)
-    return (c, h, w)
-
-
 def _print_table(header: Sequence[str], rows: List[Sequence[str]], left: Sequence[int]) -> None:
     widths = [max(len(r[i]) for r in list(rows) + [header]) for i in range(len(header))]
     for row in [header] + rows:
         print("  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip())
 
 
-def cmd_models_dense(args: argparse.Namespace) -> int:
-    """The official dense configs: task, head, backbone, published numbers, exact params, optional GFLOPs."""
+ModelsTable = Tuple[Tuple[str, ...], List[Tuple[str, ...]], Tuple[int, ...], str]
+
+
+def dense_models_table(pattern: str = "*", flops: Optional[bool] = None) -> ModelsTable:
+    """The official dense configs (header, rows, left-aligned columns, footer): task, head, backbone, published
+    numbers, exact params, GFLOPs with ``flops=True``."""
     import fnmatch
 
     from .flops import official_dense_flops
@@ -55,49 +81,54 @@ def cmd_models_dense(args: argparse.Namespace) -> int:
     from .tasks.official import from_official_config
     from .tasks.official_zoo import OFFICIAL_DENSE_CONFIGS
 
-    entries = [e for e in OFFICIAL_DENSE_CONFIGS.values() if fnmatch.fnmatch(e.name, args.pattern)]
+    entries = [e for e in OFFICIAL_DENSE_CONFIGS.values() if fnmatch.fnmatch(e.name, pattern)]
     if not entries:
-        raise CliError(f"no official dense config matches {args.pattern!r}; run `uniformer models --task dense`")
+        raise CliError(f"no official dense config matches {pattern!r}; run `uniformer models --task dense`")
     rows = []
     for e in entries:
         with torch.device("meta"):  # exact parameter counts without allocating the weights
             model = from_official_config(e.name)
         # torchvision's detectors carry background box-regression rows mmdet has not: count as mmdet does
         params = mmdet_num_parameters(model) if e.task == "detection" else sum(p.numel() for p in model.parameters())
-        flops = "-"
-        if args.flops is True:
-            flops = f"{official_dense_flops(from_official_config(e.name), e) / 1e9:.1f}"
+        gflops = "-"
+        if flops is True:
+            gflops = f"{official_dense_flops(from_official_config(e.name), e) / 1e9:.1f}"
         metrics = ", ".join(f"{k} {v}" for k, v in e.metrics.items())
-        rows.append((e.name, e.task, e.family, f"{e.size} {e.attention}", f"{params / 1e6:.2f}", flops,
+        rows.append((e.name, e.task, e.family, f"{e.size} {e.attention}", f"{params / 1e6:.2f}", gflops,
                      "x".join(map(str, e.flops_input)), metrics))
-    _print_table(("official config", "task", "head", "backbone", "params (M)", "GFLOPs", "at", "published"), rows,
-                 left=(0, 1, 2, 3, 6, 7))
-    print("\nRun one: uniformer predict --official-config NAME_OR_FILE --checkpoint OFFICIAL.pth IMAGE (docs/dense.md)."
-          + ("" if args.flops is True else " GFLOPs: add --flops (fvcore, a few seconds per config)."))
-    return 0
+    footer = ("\nRun one: uniformer predict --official-config NAME_OR_FILE --checkpoint OFFICIAL.pth IMAGE "
+              "(docs/dense.md)." + ("" if flops is True else " GFLOPs: add --flops (fvcore, a few seconds per config)."))
+    return (("official config", "task", "head", "backbone", "params (M)", "GFLOPs", "at", "published"), rows,
+            (0, 1, 2, 3, 6, 7), footer)
 
 
-def cmd_models(args: argparse.Namespace) -> int:
+def models_table(pattern: str = "*", flops: Optional[bool] = None) -> ModelsTable:
+    """The registered models (header, rows, left-aligned columns, footer): params, GFLOPs (unless ``flops=False``),
+    default input, checkpoint tags."""
     from . import checkpoint_tags, create_model, list_models
 
-    if args.task == "dense":
-        return cmd_models_dense(args)
-    names = list_models(args.pattern)
+    names = list_models(pattern)
     if not names:
-        raise CliError(f"no model matches {args.pattern!r}; run `uniformer models` to list them all")
+        raise CliError(f"no model matches {pattern!r}; run `uniformer models` to list them all")
     rows = []
     for name in names:
         model = create_model(name)
         size = default_input(model)
-        tags = checkpoint_tags(name)
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        flops = f"{_gflops(model, size):.3f}" if args.flops is not False else "-"
-        rows.append((name, f"{params:.2f}", flops, "x".join(map(str, size[1:])), ", ".join(tags)))
+        gflops = f"{_gflops(model, size):.3f}" if flops is not False else "-"
+        rows.append((name, f"{params:.2f}", gflops, "x".join(map(str, size[1:])), ", ".join(checkpoint_tags(name))))
         del model
-    _print_table(("model", "params (M)", "GFLOPs", "input", "checkpoint tags"), rows, left=(0, 3, 4))
-    if args.flops is not False:
-        print("\nGFLOPs: fvcore multiply-adds at the default input, batch 1 (the papers' convention); video: per view "
-              "(T x H x W).")
+    footer = "" if flops is False else ("\nGFLOPs: fvcore multiply-adds at the default input, batch 1 (the papers' "
+                                        "convention); video: per view (T x H x W).")
+    return ("model", "params (M)", "GFLOPs", "input", "checkpoint tags"), rows, (0, 3, 4), footer
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    table = dense_models_table if args.task == "dense" else models_table
+    header, rows, left, footer = table(args.pattern, args.flops)
+    _print_table(header, rows, left)
+    if footer:
+        print(footer)
     return 0
 
 
@@ -154,51 +185,31 @@ def class_names(num_classes: int, labels_file: Optional[str], saved: Optional[Se
     return [f"class {i}" for i in range(num_classes)]
 
 
-def _head_classes(state_dict: Dict[str, torch.Tensor]) -> Optional[int]:
-    weight = state_dict.get("head.weight")
-    return int(weight.shape[0]) if weight is not None else None
-
-
-def load_model_for_inference(
-    model_name: Optional[str], checkpoint: str, num_classes: Optional[int] = None
-) -> torch.nn.Module:
-    """Build a model from a saved folder (config.json) or from ``model_name`` + an official/own weights file."""
-    from . import create_model, load_checkpoint
-    from .checkpoint import load_pretrained, read_checkpoint, read_model_config
-    from .convert import unwrap_state_dict
-
-    from .engine.checkpointing import resolve_checkpoint_path
-
-    path = resolve_checkpoint_path(checkpoint)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    config = read_model_config(path)
-    if config is not None and (model_name is None or model_name.split(".")[0] == config["architecture"]):
-        overrides = {} if num_classes is None else {"num_classes": num_classes}
-        return load_pretrained(path, **overrides)
-    if model_name is None:
-        raise CliError(f"{path} has no config.json beside it: pass --model NAME")
-    raw = read_checkpoint(path)
-    if num_classes is None:
-        num_classes = _head_classes(unwrap_state_dict(raw)[0])
-    kwargs = {} if num_classes is None else {"num_classes": num_classes}
-    model = create_model(model_name, **kwargs)
-    load_checkpoint(model, raw)
-    return model
-
-
 def official_model(args: argparse.Namespace) -> torch.nn.Module:
     """The official dense model of ``--official-config`` with the official ``--checkpoint`` loaded strictly."""
-    from .tasks.official import from_official_config
-
-    for flag, value in (("--model", args.model), ("--num-classes", getattr(args, "num_classes", None))):
+    for flag, value in (("--model", args.model), ("--num-classes", getattr(args, "num_classes", None)),
+                        ("--ema", getattr(args, "ema", False) or None)):
         if value is not None:
-            raise CliError(f"{flag} does not apply with --official-config (the config defines the model)")
-    path = Path(args.checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"official checkpoint not found: {path} (a .pth file as the official repository "
-                                "publishes it)")
-    return from_official_config(args.official_config, path)
+            raise CliError(f"{flag} does not apply with --official-config (the config defines the model and the "
+                           "official checkpoints carry no EMA weights)")
+    return load_official_model(args.official_config, args.checkpoint)
+
+
+def _dense_predictions(model: torch.nn.Module, images: List[str], args: argparse.Namespace) -> List[dict]:
+    """Overlay PNGs of a segmentation / detection / pose model (ours or official), printed as they are written."""
+    from .engine.dense import predict_task_images
+    from .engine.official import is_official, predict_official
+
+    task = model.task_config["task"]
+    if args.box and task != "pose":
+        raise CliError("--box gives person boxes for pose models only")
+    run = predict_official if is_official(model) else predict_task_images
+    records = []
+    for image, (png, fields) in zip(images, run(model, images, args.output_dir, boxes=args.box,
+                                                score_threshold=args.score_threshold)):
+        print(f"{png}  {fields['summary']}")
+        records.append({"image": image, "overlay": str(png), "task": task, **fields})
+    return records
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -206,27 +217,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from .data import load_image
 
-    if args.topk < 1:
-        raise CliError(f"--topk must be at least 1, got {args.topk}")
+    if args.output:
+        check_predictions_path(args.output)
+    images = image_files(args.images, recursive=args.recursive)
     if args.official_config:
         model = official_model(args)
     else:
-        model = load_model_for_inference(args.model, args.checkpoint, args.num_classes).eval()
-    if (getattr(model, "task_config", None) or {}).get("official_model"):  # the official test pipeline, whole
-        from .engine.official import predict_official
-
-        for png, summary in predict_official(model, args.images, args.output_dir, boxes=args.box,
-                                             score_threshold=args.score_threshold):
-            print(f"{png}  {summary}")
-        return 0
+        model = load_model_for_inference(args.model, args.checkpoint, args.num_classes, ema=args.ema).eval()
+    meta = {"checkpoint": str(args.checkpoint), "ema": bool(args.ema)}
     if getattr(model, "task_config", None) is not None:  # segmentation / detection / pose: overlay PNGs
-        from .engine.dense import predict_task_images
-
-        if args.box and model.task_config["task"] != "pose":
-            raise CliError("--box gives person boxes for pose models only")
-        for png, summary in predict_task_images(model, args.images, args.output_dir, boxes=args.box,
-                                                score_threshold=args.score_threshold):
-            print(f"{png}  {summary}")
+        records = _dense_predictions(model, images, args)
+        if args.output:
+            write_predictions(records, args.output, dict(meta, task=model.task_config["task"]))
         return 0
     if model.num_classes < 1:
         raise CliError("the model has no classifier (num_classes=0); nothing to predict")
@@ -235,7 +237,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     transform = create_transform(**data_cfg)
     names = class_names(model.num_classes, args.labels, model.pretrained_cfg.get("label_names"))
     k = min(args.topk, model.num_classes)
-    for image_path in args.images:
+    records = []
+    for image_path in images:
         x = transform(load_image(image_path)).unsqueeze(0)
         with torch.inference_mode():
             probs = model(x).float().softmax(dim=-1)[0]
@@ -243,6 +246,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(image_path)
         for rank, (p, idx) in enumerate(zip(top.values.tolist(), top.indices.tolist()), 1):
             print(f"  {rank}. {100 * p:6.2f}%  {names[idx]}")
+        records.append({"image": image_path, "top": [{"label": names[i], "index": i, "probability": round(p, 6)}
+                                                      for p, i in zip(top.values.tolist(), top.indices.tolist())]})
+    if args.output:
+        write_predictions(records, args.output, dict(meta, task="classification", topk=k))
     return 0
 
 
@@ -269,8 +276,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .engine.checkpointing import resolve_checkpoint_path
     from .engine.trainer import evaluate_checkpoint, run_data
 
-    if args.batch_size is not None and args.batch_size < 1:
-        raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.official_config or args.limit is not None:
         return _eval_official(args)
     path = resolve_checkpoint_path(args.checkpoint)
@@ -280,7 +285,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if saved is not None and saved.get("task"):  # a segmentation / detection / pose model
         from .engine.dense import evaluate_task_checkpoint, format_metrics
 
-        model = load_model_for_inference(None, str(path))
+        model = load_model_for_inference(None, str(path), ema=args.ema)
         data = args.data if args.data is not None else run_data(args.checkpoint, path)
         metrics, task = evaluate_task_checkpoint(
             model, data, split=args.split, batch_size=args.batch_size or 2, workers=args.workers, device=args.device,
@@ -289,6 +294,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         others = [k for k in metrics if k not in task.shown]
         if others:
             print("  " + format_metrics(metrics, others))
+        if task.skipped:
+            print(f"skipped {task.skipped} bad sample(s)")
         return 0
     if args.inference or args.person_boxes:
         raise CliError("--inference and --person-boxes apply to segmentation and pose models only")
@@ -296,9 +303,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                  workers=args.workers, img_size=args.img_size, split=args.split, device=args.device,
                                  views=args.views, num_frames=args.num_frames, frame_stride=args.frame_stride,
                                  sampler=args.sampler, aggregation=args.view_aggregation, skip_bad=args.skip_bad,
-                                 frame_template=args.frame_template, frame_start=args.frame_start)
+                                 frame_template=args.frame_template, frame_start=args.frame_start, ema=args.ema)
     print(f"acc1 {result['acc1']:.2f}% ({int(result['correct1'])}/{int(result['count'])})  "
-          f"acc5 {result['acc5']:.2f}%  loss {result['loss']:.4f}")
+          f"acc5 {result['acc5']:.2f}%  loss {result['loss']:.4f}"
+          + (f"  skipped {int(result['skipped'])} bad sample(s)" if result["skipped"] else ""))
     return 0
 
 
@@ -317,7 +325,7 @@ def _eval_official(args: argparse.Namespace) -> int:
     if args.official_config:
         model = official_model(args)
     else:
-        model = load_model_for_inference(None, args.checkpoint)
+        model = load_model_for_inference(None, args.checkpoint, ema=args.ema)
         if not (getattr(model, "task_config", None) or {}).get("official_model"):
             raise CliError("--limit applies to official dense models only (--official-config or a folder saved "
                            "from one)")
@@ -343,9 +351,7 @@ def cmd_predict_video(args: argparse.Namespace) -> int:
     from .engine.trainer import aggregate_views, run_frame_naming
     from .models.uniformer_video import video_protocol
 
-    if args.topk < 1:
-        raise CliError(f"--topk must be at least 1, got {args.topk}")
-    model = load_model_for_inference(args.model, args.checkpoint, args.num_classes).eval()
+    model = load_model_for_inference(args.model, args.checkpoint, args.num_classes, ema=args.ema).eval()
     if getattr(model, "dims", 2) != 3:
         raise CliError(f"{type(model).__name__} is an image model; predict-video needs a uniformer_video_* model")
     cfg = model.pretrained_cfg
@@ -402,11 +408,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="uniformer",
         description="UniFormer and Visual Transformer models: list, inspect, train, evaluate, predict.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show informational log messages")
+    parser.add_argument("--version", action="version", version=version_line(),
+                        help="print 'uniformer X.Y.Z (torch …, timm …)' and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("models", help="list the models with params, GFLOPs, input size and checkpoint tags; "
@@ -423,7 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="architecture, size, FLOPs, features and checkpoints of one model")
     p.add_argument("model", help="model name, e.g. uniformer_small")
-    p.add_argument("--input-size", type=int, default=None, help="square input side for the FLOP count")
+    p.add_argument("--input-size", type=multiple_of_32, default=None,
+                   help="square input side for the FLOP count, a multiple of 32 (default: the model's)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser(
@@ -433,16 +442,25 @@ def build_parser() -> argparse.ArgumentParser:
         "folder saved by uniformer (config.json + model.safetensors). A segmentation, detection or pose run writes "
         "a colour-mask, box-and-mask or skeleton overlay PNG per image instead. With --official-config (an official "
         "Sense-X/UniFormer mmseg / mmdet / mmpose config or its name) and the official --checkpoint .pth, the whole "
-        "official dense model runs with the official test pipeline.",
+        "official dense model runs with the official test pipeline. Predictions are printed and, with --output, "
+        "written as JSON or CSV.",
     )
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files (any format PIL reads) or folders: every image file directly inside, sorted by "
+                        "name (with --recursive: in all sub-folders too)")
     _prediction_arguments(p, "names saved with the model or ImageNet-1K")
-    p.add_argument("--input-size", type=int, help="square input side (default: the model's pretrained config)")
+    p.add_argument("--recursive", action="store_true", help="IMAGE folders: also take the images in their sub-folders")
+    p.add_argument("--output", metavar="FILE.json|FILE.csv",
+                   help="also write the predictions there: per image its path and the top-k labels with "
+                        "probabilities (classification), or the overlay path, task, count and summary (dense tasks; "
+                        "JSON adds every class share, detection or keypoint)")
+    p.add_argument("--input-size", type=multiple_of_32,
+                   help="square input side, a multiple of 32 (default: the model's pretrained config)")
     p.add_argument("--output-dir", help="segmentation / detection / pose models: folder for the overlay PNGs "
                                         "IMAGE_<task>.png (default: beside each image)")
-    p.add_argument("--score-threshold", type=float, default=0.5,
+    p.add_argument("--score-threshold", type=probability, default=0.5,
                    help="detection models: draw detections scoring at least this (default: 0.5)")
-    p.add_argument("--box", type=float, nargs=4, action="append", metavar=("X", "Y", "W", "H"),
+    p.add_argument("--box", type=number, nargs=4, action="append", metavar=("X", "Y", "W", "H"),
                    help="pose models: a person box in pixels; repeat for several people (default: the whole image)")
     _official_argument(p)
     p.set_defaults(func=cmd_predict)
@@ -472,19 +490,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="'digits' or a dataset folder (default: the run's data)")
     p.add_argument("--model", help="model name, for weights files without config.json")
     p.add_argument("--split", default="val", choices=("train", "val"), help="dataset split (default: val)")
-    p.add_argument("--batch-size", type=int, help="batch size (default: 64; dense tasks 2)")
-    p.add_argument("--workers", type=int, default=2, help="data-loading workers (default: 2)")
-    p.add_argument("--img-size", type=int, help="square input side (default: the checkpoint's recorded size)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    p.add_argument("--batch-size", type=positive_int, help="batch size (default: 64; dense tasks 2)")
+    p.add_argument("--workers", type=non_negative_int, default=2, help="data-loading workers (default: 2)")
+    p.add_argument("--img-size", type=multiple_of_32,
+                   help="square input side, a multiple of 32 (default: the checkpoint's recorded size)")
+    p.add_argument("--device", type=device_name, default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     _video_arguments(p)
-    p.add_argument("--skip-bad", action="store_true", help="video: skip unreadable or too-short videos with a "
-                                                           "warning; segmentation: skip bad masks")
+    p.add_argument("--skip-bad", action="store_true", help="drop unreadable samples (images, corrupt or too-short "
+                                                           "videos, bad segmentation pairs) with a warning; the "
+                                                           "count skipped is printed")
     p.add_argument("--inference", choices=("whole", "slide"), help="segmentation: whole-image or sliding-window "
                                                                    "inference (default: as trained)")
     p.add_argument("--person-boxes", help="pose: evaluate on these person detections (COCO results JSON) instead "
                                           "of the ground-truth boxes")
     _official_argument(p)
-    p.add_argument("--limit", type=int, help="official dense models: score only the first N images (a quick check)")
+    p.add_argument("--limit", type=positive_int,
+                   help="official dense models: score only the first N images (a quick check)")
+    _ema_argument(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(
@@ -497,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (any format PyAV/FFmpeg decodes) or frame "
                                                               "folders (image files, one per frame)")
     _prediction_arguments(p, "names saved with the model or the checkpoint tag's label set")
-    p.add_argument("--img-size", type=int, help="crop side (default: the checkpoint's)")
+    p.add_argument("--img-size", type=multiple_of_32, help="crop side, a multiple of 32 (default: the checkpoint's)")
     _video_arguments(p)
     p.set_defaults(func=cmd_predict_video)
 
@@ -511,8 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="vt_resnet18", help="VT model name (default: vt_resnet18)")
     p.add_argument("--checkpoint", help="weights file, saved model folder or run directory (default: random init)")
     p.add_argument("--output", help="PNG path (default: IMAGE_tokens.png next to the image)")
-    p.add_argument("--size", type=int, default=224, help="input side (default: 224)")
-    p.add_argument("--columns", type=int, default=4, help="panels per row (default: 4)")
+    p.add_argument("--size", type=multiple_of_32, default=224, help="input side, a multiple of 32 (default: 224)")
+    p.add_argument("--columns", type=positive_int, default=4, help="panels per row (default: 4)")
     p.set_defaults(func=cmd_visualize_tokens)
 
     from .bench import add_bench_parser
@@ -542,9 +564,18 @@ def _prediction_arguments(p: argparse.ArgumentParser, default_labels: str) -> No
     p.add_argument("--model", help="model name, optionally with its checkpoint tag (e.g. uniformer_small.in1k); "
                                    "optional for saved folders and run directories")
     p.add_argument("--checkpoint", required=True, help="weights file, saved model folder or run directory")
-    p.add_argument("--topk", type=int, default=5, help="number of classes to show (default 5)")
+    p.add_argument("--topk", type=positive_int, default=5, help="number of classes to show (default 5)")
     p.add_argument("--labels", help=f"text file with one class name per line (default: {default_labels})")
-    p.add_argument("--num-classes", type=int, help="classifier width (default: read from the checkpoint)")
+    p.add_argument("--num-classes", type=positive_int,
+                   help="the checkpoint's class count, as a check: another count is refused (it would mean a randomly "
+                        "initialised classifier)")
+    _ema_argument(p)
+
+
+def _ema_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ema", action="store_true",
+                   help="use the EMA weights (a run trained with --model-ema, or an official file with model_ema); "
+                        "an error if the checkpoint has none")
 
 
 def _official_argument(p: argparse.ArgumentParser) -> None:
@@ -554,16 +585,19 @@ def _official_argument(p: argparse.ArgumentParser) -> None:
 
 
 def _video_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--views", help="video: CLIPSxCROPS, e.g. 4x1 or 1x3 (default: the checkpoint's protocol)")
-    p.add_argument("--num-frames", type=int, help="video: frames per clip (default: the checkpoint's protocol)")
-    p.add_argument("--frame-stride", type=int, help="video: dense-sampling frame step (default: the protocol)")
+    p.add_argument("--views", type=clips_x_crops,
+                   help="video: CLIPSxCROPS, e.g. 4x1 or 1x3 (default: the checkpoint's protocol)")
+    p.add_argument("--num-frames", type=positive_int,
+                   help="video: frames per clip (default: the checkpoint's protocol)")
+    p.add_argument("--frame-stride", type=positive_int, help="video: dense-sampling frame step (default: the protocol)")
     p.add_argument("--sampler", choices=("dense", "segment"), help="video: frame sampler (default: the protocol)")
     p.add_argument("--view-aggregation", choices=("prob", "logits"), default="prob",
                    help="video: average softmax probabilities (default) or sum raw logits (official protocol)")
-    p.add_argument("--frame-template", help="video: file names of the frames in frame folders, one integer field "
-                                            "(default: the run's, else img_{:05d}.jpg; SSv1: {:05d}.jpg)")
-    p.add_argument("--frame-start", type=int, help="video: number of the first frame file of a frame folder "
-                                                   "(default: the run's, else 1)")
+    p.add_argument("--frame-template", type=frame_file_template,
+                   help="video: file names of the frames in frame folders, one integer field (default: the run's, "
+                        "else img_{:05d}.jpg; SSv1: {:05d}.jpg)")
+    p.add_argument("--frame-start", type=non_negative_int,
+                   help="video: number of the first frame file of a frame folder (default: the run's, else 1)")
 
 
 def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
@@ -572,7 +606,7 @@ def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) ->
     except (CliError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError,
             FloatingPointError, OSError) as e:
         print(f"uniformer: error: {one_line(e)}", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_USAGE if isinstance(e, OptionError) else EXIT_ERROR
     except KeyboardInterrupt:
         print("uniformer: interrupted", file=sys.stderr)
         return 130

@@ -4,7 +4,6 @@ indices), so both kinds share the samplers, transforms and views."""
 from __future__ import annotations
 
 import os
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, List, Optional, Protocol, Sequence, Tuple, Union
@@ -23,7 +22,7 @@ __all__ = [
 ]
 
 from ..models.uniformer_video import VIDEO_MEAN, VIDEO_STD  # all UniFormer video recipes (0-1 scale)
-from .datasets import IMG_EXTENSIONS
+from .datasets import IMG_EXTENSIONS, BadSample
 from .frames import DEFAULT_FRAME_START, DEFAULT_FRAME_TEMPLATE, check_frame_template, count_listed_frames, frame_name
 from .images import load_image
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
@@ -367,7 +366,8 @@ class VideoDataset(Dataset):
     (C, T, S, S) from one random window when training (``train`` defaults to split == "train"),
     (num_clips * num_crops, C, T, S, S) clip-major views otherwise. Bad videos (corrupt, too short, a missing or
     unreadable frame, a listed frame count the folder disagrees with) raise ``VideoReadError`` naming the file or
-    folder, or with ``skip_bad`` are skipped with a warning in favour of the next sample."""
+    folder, or with ``skip_bad`` come back as a :class:`~uniformer.data.BadSample` that
+    :class:`~uniformer.data.DropBadCollate` drops from its batch (never replaced by another video)."""
 
     def __init__(self, root: PathLike, split: str, num_frames: int = 8, stride: int = 4, sampler: str = "dense",
                  img_size: int = 224, train: Optional[bool] = None, num_clips: int = 1, num_crops: int = 1,
@@ -380,7 +380,6 @@ class VideoDataset(Dataset):
         check_frame_template(frame_template, frame_start)
         self.num_frames, self.stride, self.sampler, self.skip_bad = num_frames, stride, sampler, skip_bad
         self.frame_template, self.frame_start = frame_template, frame_start
-        self.skipped = 0  # bad videos skipped so far (per process: DataLoader workers count their own)
         self.num_clips = 1 if self.train else num_clips
         self.num_views = 1 if self.train else num_clips * num_crops
         self.transform = VideoTransform(img_size, self.train, 1 if self.train else num_crops, scale=scale,
@@ -478,20 +477,15 @@ class VideoDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
-        for attempt in range(len(self.samples) if self.skip_bad else 1):
-            i = (index + attempt) % len(self.samples)
-            path, label = self.samples[i]
-            try:
-                return _load_clips(self.readers[i], self.sampler, self.num_frames, self.stride, self.num_clips,
-                                   self.train, self.transform), label
-            except (VideoReadError, FileNotFoundError) as e:
-                if not self.skip_bad:
-                    raise
-                self.skipped += 1
-                warnings.warn(f"skipping {path} ({self.skipped} skipped so far in this process): "
-                              f"{getattr(e, 'reason', None) or e}", stacklevel=2)
-        raise VideoReadError(f"every video of {self.root} ({self.split}) is unreadable or too short")
+    def __getitem__(self, index: int) -> Union[Tuple[torch.Tensor, int], BadSample]:
+        path, label = self.samples[index]
+        try:
+            return _load_clips(self.readers[index], self.sampler, self.num_frames, self.stride, self.num_clips,
+                               self.train, self.transform), label
+        except (VideoReadError, FileNotFoundError) as e:
+            if not self.skip_bad:
+                raise
+            return BadSample(index, path, getattr(e, "reason", None) or str(e))
 
 
 def load_video_views(path: PathLike, num_frames: int = 16, stride: int = 4, sampler: str = "dense",

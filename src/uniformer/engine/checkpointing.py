@@ -7,27 +7,40 @@ Layout::
     RUN_DIR/checkpoints/epoch-NNNN/     model.safetensors + config.json + training_state.pt
     RUN_DIR/last -> checkpoints/epoch-NNNN   (symlink, swapped atomically)
     RUN_DIR/best -> checkpoints/epoch-MMMM
+    RUN_DIR/.lock                       while a training runs in it: {"pid", "host", "started"} (JSON)
 
 An epoch directory is written under a temporary name, fsynced and renamed; only then are the ``last``/``best``
 links swapped (``os.replace`` of a symlink is atomic). A crash at any moment leaves the previous checkpoint intact.
+
+A run directory is never lost: :func:`claim_run` refuses a folder that holds a run unless it is resumed or, with
+``overwrite``, moved aside to ``RUN_DIR.old-<time>``; and :class:`RunLock` lets one training at a time write into it.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
+import json
 import os
 import random
 import shutil
+import socket
+import time
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from ..checkpoint import atomic_path, save_pretrained
+from ..checkpoint import SAFE_GLOBALS, atomic_path, save_pretrained
 
-__all__ = ["RunDir", "rng_state", "set_rng_state", "resolve_checkpoint_path", "TRAINING_STATE"]
+__all__ = ["RunDir", "RunLock", "claim_run", "rng_state", "set_rng_state", "resolve_checkpoint_path",
+           "TRAINING_STATE", "LOCK_FILE"]
 
 TRAINING_STATE = "training_state.pt"
+LOCK_FILE = ".lock"
+RUN_MARKERS = ("config.yaml", "metrics.csv", "checkpoints", "last", "best")  # any of these: the folder holds a run
 
 
 def _fsync_dir(path: Path) -> None:
@@ -89,6 +102,10 @@ class RunDir:
     def metrics_file(self) -> Path:
         return self.root / "metrics.csv"
 
+    def holds_run(self) -> bool:
+        """Whether the folder holds (part of) a training run: options, metrics, checkpoints or their links."""
+        return any(os.path.lexists(self.root / name) for name in RUN_MARKERS)
+
     def pointer(self, name: str) -> Optional[Path]:
         """Resolved ``last``/``best`` checkpoint directory, or None."""
         link = self.root / name
@@ -145,9 +162,197 @@ class RunDir:
         last = self.pointer("last")
         if last is None:
             raise FileNotFoundError(f"cannot resume: {self.root} has no finished checkpoint (no 'last' link)")
-        from ..checkpoint import SAFE_GLOBALS
-
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             state = torch.load(last / TRAINING_STATE, map_location="cpu", weights_only=True)
         state["path"] = last
         return state
+
+
+# ------------------------------------------------------------------------------------------------- ownership
+_LOCK_BUSY = (errno.EACCES, errno.EAGAIN)
+
+
+def _describe(holder: Dict[str, Any]) -> str:
+    return (f"pid {holder.get('pid', 'unknown')} on {holder.get('host', 'an unknown host')}, started "
+            f"{holder.get('started', 'at an unknown time')}")
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def _read_holder(fd: int) -> Dict[str, Any]:
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+class RunLock:
+    """One training at a time in a run directory: ``RUN_DIR/.lock`` holds the owner's pid, host and start time
+    (JSON) and carries a POSIX record lock (``fcntl.lockf``) on the whole file.
+
+    The kernel drops the record lock when its process ends, however it ends, and forked DataLoader workers do not
+    inherit it; so a lock file that no process locks is stale (its owner died) and is taken over with a log line. On
+    file systems without record locks the pid is checked instead (on this host; a lock from another host is kept).
+    :meth:`release` removes the file. The owning process must not open the lock file a second time: closing any
+    descriptor of a file drops the process's record locks on it.
+    """
+
+    def __init__(self, root: Union[str, os.PathLike], created: Sequence[Path] = ()) -> None:
+        self.root = Path(root)
+        self.created = list(created)  # folders made for this run, removed on release if still empty
+        self._fd: Optional[int] = None
+
+    @property
+    def path(self) -> Path:
+        return self.root / LOCK_FILE
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def _is_current(self, fd: int) -> bool:
+        """Whether ``fd`` is still the file at :attr:`path` (an owner releasing the lock unlinks it)."""
+        try:
+            st, own = os.stat(self.path), os.fstat(fd)
+        except FileNotFoundError:
+            return False
+        return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+    def _busy(self, holder: Dict[str, Any]) -> BlockingIOError:
+        return BlockingIOError(f"run directory {self.root} is in use by another training ({_describe(holder)}): "
+                               "wait for it to finish, or train into another --output")
+
+    def acquire(self, log: Callable[[str], None] = print) -> "RunLock":
+        """Take the lock; ``BlockingIOError`` naming the folder and the owner's pid when a live process holds it."""
+        if self._fd is not None:
+            return self
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                try:
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    kernel_lock = True
+                except OSError as e:
+                    if e.errno in _LOCK_BUSY:
+                        holder: Dict[str, Any] = {}
+                        for _ in range(20):  # the owner writes its details right after locking
+                            holder = _read_holder(fd)
+                            if holder:
+                                break
+                            time.sleep(0.05)
+                        raise self._busy(holder) from None
+                    kernel_lock = False  # ENOLCK, EOPNOTSUPP, ...: fall back to the recorded pid
+                if not self._is_current(fd):
+                    os.close(fd)
+                    continue
+                previous = _read_holder(fd)
+                if previous and not kernel_lock and previous.get("pid") != os.getpid() and (
+                        previous.get("host") != socket.gethostname() or _pid_alive(previous.get("pid"))):
+                    raise self._busy(previous)
+                me = dict(pid=os.getpid(), host=socket.gethostname(),
+                          started=datetime.now().isoformat(timespec="seconds"))
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+                os.fsync(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fd = fd
+            if previous and previous.get("pid") != os.getpid():
+                log(f"took over the stale lock of {self.root}: {_describe(previous)}, is no longer running")
+            return self
+
+    def release(self) -> None:
+        """Remove the lock file and drop the lock (then folders made for the run that stayed empty). Never raises:
+        a lock file left behind (e.g. in a folder made read-only) is stale and taken over by the next training."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                if self._is_current(fd):
+                    os.unlink(self.path)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        for folder in self.created:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        self.created = []
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def _missing_folders(root: Path) -> List[Path]:
+    """``root`` and its ancestors that do not exist yet, innermost first."""
+    missing = []
+    while not os.path.lexists(root) and root != root.parent:
+        missing.append(root)
+        root = root.parent
+    return missing
+
+
+def _aside(root: Path) -> Path:
+    """A free sibling name for a run moved aside: ``RUN.old-YYYYmmdd-HHMMSS`` (``-2``, ``-3``, … if taken)."""
+    base = f"{root.name}.old-{datetime.now():%Y%m%d-%H%M%S}"
+    candidate, n = root.with_name(base), 2
+    while os.path.lexists(candidate):
+        candidate, n = root.with_name(f"{base}-{n}"), n + 1
+    return candidate
+
+
+def claim_run(root: Union[str, os.PathLike], resume: bool = False, overwrite: bool = False,
+              log: Callable[[str], None] = print) -> RunLock:
+    """Take ``root`` for a training and return its held :class:`RunLock` (release it when the training ends).
+
+    ``resume``: the folder must hold a run; it is continued. Otherwise a missing or run-less folder is used as is,
+    and a folder that holds a run (``config.yaml``, ``metrics.csv``, checkpoints) is refused with ``FileExistsError``
+    unless ``overwrite``, which moves that run aside to ``RUN.old-<time>`` (logged; nothing is deleted). A folder
+    another training holds raises ``BlockingIOError`` naming its pid, in every mode.
+    """
+    root = Path(os.path.abspath(root))
+    if resume and overwrite:
+        raise ValueError("--resume continues a run and --overwrite starts it again: pass one of them")
+    if os.path.lexists(root) and not root.is_dir():
+        raise NotADirectoryError(f"run directory {root} is not a folder: pass another --output")
+    if resume:
+        if not RunDir(root).holds_run():
+            raise FileNotFoundError(f"cannot resume: {root} holds no training run (no config.yaml)")
+        return RunLock(root).acquire(log)
+    created = _missing_folders(root)
+    root.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(root, created)
+    try:
+        lock.acquire(log)
+        if RunDir(root).holds_run():  # checked under the lock: a run that just finished counts
+            if not overwrite:
+                raise FileExistsError(f"{root} already holds a training run: pass --resume {root} to continue it, "
+                                      "or --overwrite to start again (the old run is moved aside, never deleted)")
+            old = _aside(root)
+            os.rename(root, old)
+            lock.root, lock.created = old, []  # our lock moved with the folder
+            log(f"moved the previous run in {root} aside to {old}")
+            root.mkdir()
+            fresh = RunLock(root, [root]).acquire(log)
+            lock.release()
+            lock = fresh
+    except BaseException:
+        lock.release()
+        raise
+    return lock

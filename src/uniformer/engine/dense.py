@@ -20,13 +20,13 @@ import math
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler
 
 from .checkpointing import RunDir
 from .config import TrainConfig
@@ -34,7 +34,8 @@ from . import trainer as T
 from .distributed import DistContext, init_distributed
 
 __all__ = ["DenseTask", "SegmentationTask", "DetectionTask", "PoseTask", "TASK_CLASSES", "task_data_config",
-           "coco_split", "train_dense", "evaluate_task_checkpoint", "predict_task_images", "format_metrics"]
+           "coco_split", "train_dense", "evaluate_task_checkpoint", "predict_task_images", "format_metrics",
+           "segmentation_summary", "detection_summary", "pose_summary"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -96,10 +97,46 @@ def format_metrics(metrics: Mapping[str, float], names: Sequence[str]) -> str:
     return "  ".join(f"{k} {metrics[k]:.2f}" for k in names if k in metrics)
 
 
+# ------------------------------------------------------------------------------------------ prediction summaries
+def segmentation_summary(mask: torch.Tensor, names: Sequence[str]) -> Dict[str, Any]:
+    """What ``predict`` reports for a class map (H, W): ``classes``, the 5 largest classes with their pixel share in
+    percent, and ``summary``, the same as one line."""
+    counts = torch.bincount(mask.flatten(), minlength=len(names))
+    top = [dict(label=names[int(i)], index=int(i), share=round(100.0 * float(counts[i]) / mask.numel(), 2))
+           for i in counts.argsort(descending=True)[:5] if counts[i] > 0]
+    return dict(summary=", ".join(f"{t['label']} {t['share']:.1f}%" for t in top), count=len(top), classes=top)
+
+
+def detection_summary(boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor, names: Optional[Sequence[str]],
+                      score_threshold: float) -> Dict[str, Any]:
+    """What ``predict`` reports for one image's detections (``labels`` 0-based into ``names``): ``detections``
+    scoring at least ``score_threshold`` (label, index, score, box x1 y1 x2 y2 in pixels), their ``count`` and a
+    one-line ``summary``."""
+    keep = scores >= score_threshold
+    found = [dict(label=names[int(l)] if names else str(int(l)), index=int(l), score=round(float(s), 4),
+                  box=[round(float(v), 2) for v in b])
+             for b, l, s in zip(boxes[keep], labels[keep], scores[keep])]
+    text = ", ".join(f"{d['label']} {d['score']:.2f}" for d in found[:10])
+    return dict(summary=f"{len(found)} detection(s) with score >= {score_threshold}" + (f": {text}" if found else ""),
+                count=len(found), detections=found)
+
+
+def pose_summary(boxes: Sequence[Sequence[float]], keypoints: torch.Tensor, maxvals: torch.Tensor) -> Dict[str, Any]:
+    """What ``predict`` reports for the people of one image: per person the box (x, y, w, h) and the keypoints
+    (x, y, score) in image pixels, their ``count`` and a one-line ``summary``."""
+    people = [dict(box=[round(float(v), 2) for v in box],
+                   keypoints=[[round(float(x), 2), round(float(y), 2), round(float(v), 4)]
+                              for (x, y), (v,) in zip(kp.tolist(), mv.tolist())])
+              for box, kp, mv in zip(boxes, keypoints, maxvals)]
+    return dict(summary=f"{len(people)} person(s), mean keypoint score {float(maxvals.mean()):.2f}",
+                count=len(people), people=people)
+
+
 # -------------------------------------------------------------------------------------------------------- tasks
 class DenseTask:
     """What the engine needs from a dense task. ``data_config`` holds the data options (resolved by
-    :func:`task_data_config` at training time and saved with every checkpoint, so evaluation repeats them)."""
+    :func:`task_data_config` at training time and saved with every checkpoint, so evaluation repeats them).
+    ``skipped`` is the number of bad samples (``skip_bad``) the last :meth:`evaluate` dropped, over all ranks."""
 
     name = ""
     metric = ""  # the primary validation metric (higher is better); picks the 'best' checkpoint
@@ -109,6 +146,7 @@ class DenseTask:
     def __init__(self, data_config: Mapping[str, Any], data: Optional[str] = None, skip_bad: bool = False) -> None:
         self.data_config = dict(data_config)
         self._data, self.skip_bad = data, skip_bad
+        self.skipped = 0
 
     @property
     def root(self) -> Path:
@@ -135,7 +173,9 @@ class DenseTask:
     def describe(self) -> str:
         return ""
 
-    def predict(self, model: nn.Module, image: Path, output: Path, **options: Any) -> str:
+    def predict(self, model: nn.Module, image: Path, output: Path, **options: Any) -> Dict[str, Any]:
+        """Write the overlay PNG ``output`` for ``image``; returns the prediction's fields with a one-line
+        ``summary`` (see :func:`segmentation_summary`, :func:`detection_summary`, :func:`pose_summary`)."""
         raise NotImplementedError
 
 
@@ -173,9 +213,11 @@ class SegmentationTask(DenseTask):
 
         metric = SegmentationMetric(model.num_classes)
         model.eval()
-        for image, mask in T.eval_loader(dataset, 1, workers, ctx):  # images keep their own sizes
+        loader = T.eval_loader(dataset, 1, workers, ctx)  # images keep their own sizes
+        for image, mask in loader:
             pred = self._predict(model, image.to(ctx.device), mask.shape[-2:])
             metric.update(pred.cpu(), mask[0])
+        self.skipped = int(T.all_reduce_sum([loader.skipped], ctx)[0])
         if ctx.distributed:
             for name in ("area_intersect", "area_union", "area_pred", "area_label"):
                 total = getattr(metric, name).to(ctx.device if ctx.device.type == "cuda" else "cpu")
@@ -191,7 +233,7 @@ class SegmentationTask(DenseTask):
         return f"crops {h}x{w}, {self.data_config['inference']} inference"
 
     @torch.no_grad()
-    def predict(self, model: nn.Module, image: Path, output: Path, **options: Any) -> str:
+    def predict(self, model: nn.Module, image: Path, output: Path, **options: Any) -> Dict[str, Any]:
         from ..data import load_image
         from ..tasks.segmentation import SegEvalTransform, save_overlay
 
@@ -202,10 +244,7 @@ class SegmentationTask(DenseTask):
         mask = self._predict(model.eval(), x, (img.height, img.width))
         save_overlay(img, mask, output)
         names = model.task_config.get("label_names") or [str(i) for i in range(model.num_classes)]
-        counts = torch.bincount(mask.flatten(), minlength=model.num_classes)
-        top = [(int(i), 100.0 * float(counts[i]) / mask.numel()) for i in counts.argsort(descending=True)[:5]
-               if counts[i] > 0]
-        return ", ".join(f"{names[i]} {share:.1f}%" for i, share in top)
+        return segmentation_summary(mask, names)
 
 
 class DetectionTask(DenseTask):
@@ -237,9 +276,11 @@ class DetectionTask(DenseTask):
 
         model.eval()
         results: List[Dict[str, Any]] = []
-        for images, targets in T.eval_loader(dataset, batch_size, workers, ctx, self.collate_fn):
+        loader = T.eval_loader(dataset, batch_size, workers, ctx, self.collate_fn)
+        for images, targets in loader:
             outputs = model([im.to(ctx.device) for im in images])
             results += coco_results(outputs, [int(t["image_id"]) for t in targets], dataset.label_to_cat_id)
+        self.skipped = int(T.all_reduce_sum([loader.skipped], ctx)[0])
         return evaluate_coco(dataset.coco, gather(results, ctx), img_ids=dataset.ids)
 
     def describe(self) -> str:
@@ -247,7 +288,7 @@ class DetectionTask(DenseTask):
 
     @torch.no_grad()
     def predict(self, model: nn.Module, image: Path, output: Path, score_threshold: float = 0.5,
-                **options: Any) -> str:
+                **options: Any) -> Dict[str, Any]:
         from torchvision.transforms.functional import pil_to_tensor
 
         from ..data import load_image
@@ -257,11 +298,7 @@ class DetectionTask(DenseTask):
         pred = model.eval()([pil_to_tensor(img).float() / 255.0])[0]
         names = model.task_config.get("label_names")
         save_detection_overlay(img, pred, output, class_names=names, score_threshold=score_threshold)
-        keep = pred["scores"] >= score_threshold
-        found = [f"{names[int(l) - 1] if names else int(l)} {float(s):.2f}"
-                 for l, s in zip(pred["labels"][keep], pred["scores"][keep])]
-        return f"{len(found)} detection(s) with score >= {score_threshold}" + (f": {', '.join(found[:10])}"
-                                                                               if found else "")
+        return detection_summary(pred["boxes"], pred["labels"] - 1, pred["scores"], names, score_threshold)
 
 
 class PoseTask(DenseTask):
@@ -307,11 +344,13 @@ class PoseTask(DenseTask):
 
         model.eval()
         results: List[Dict[str, Any]] = []
-        for images, _hm, _w, meta in T.eval_loader(dataset, batch_size, workers, ctx):
+        loader = T.eval_loader(dataset, batch_size, workers, ctx)
+        for images, _hm, _w, meta in loader:
             heatmaps = self._heatmaps(model, images.to(ctx.device))
             keypoints, maxvals = decode_heatmaps(heatmaps, meta["center"], meta["scale"])
             results += keypoint_results(keypoints, maxvals, meta["image_id"].tolist(), meta["score"].tolist(),
                                         category_id=dataset.person_cat_ids[0], scales=meta["scale"])
+        self.skipped = int(T.all_reduce_sum([loader.skipped], ctx)[0])
         return evaluate_keypoints(dataset.coco, gather(results, ctx), img_ids=sorted(dataset.coco.getImgIds()))
 
     def describe(self) -> str:
@@ -320,7 +359,7 @@ class PoseTask(DenseTask):
 
     @torch.no_grad()
     def predict(self, model: nn.Module, image: Path, output: Path, boxes: Optional[Sequence[Sequence[float]]] = None,
-                **options: Any) -> str:
+                **options: Any) -> Dict[str, Any]:
         from ..data import load_image
         from ..tasks.pose import box_to_center_scale, decode_heatmaps, save_pose_overlay, topdown_crop
 
@@ -339,7 +378,7 @@ class PoseTask(DenseTask):
         heatmaps = self._heatmaps(model.eval(), torch.stack(crops))
         keypoints, maxvals = decode_heatmaps(heatmaps, np.stack(centers), np.stack(scales))
         save_pose_overlay(img, torch.cat([keypoints, maxvals], dim=-1), output)
-        return f"{len(boxes)} person(s), mean keypoint score {float(maxvals.mean()):.2f}"
+        return pose_summary(boxes, keypoints, maxvals)
 
 
 TASK_CLASSES: Dict[str, type] = {t.name: t for t in (SegmentationTask, DetectionTask, PoseTask)}
@@ -393,7 +432,7 @@ def train_dense(config: TrainConfig, ctx: DistContext, log: Callable[[str], None
     (group); returns the final summary. Called by :func:`uniformer.engine.trainer.train`."""
     from ..tasks.build import build_task_model
 
-    run = RunDir(config.resume or config.output or T.default_output(config))
+    run = RunDir(config.resume or config.output)  # claimed by trainer.start_run
     resume_state = run.load_training_state() if config.resume else None
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -426,9 +465,7 @@ def train_dense(config: TrainConfig, ctx: DistContext, log: Callable[[str], None
     optimizer = T.make_optimizer(config, model)
     sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
                                  seed=config.seed, drop_last=True)
-    train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
-                              worker_init_fn=T.seed_worker, drop_last=True, collate_fn=task.collate_fn,
-                              pin_memory=ctx.device.type == "cuda")
+    train_loader = T.train_loader(train_set, config, ctx, sampler, collate_fn=task.collate_fn)
     scheduler = T.make_scheduler(config, optimizer, len(train_loader))
     scaler = T.make_scaler(config, ctx)
     start_epoch, best, best_epoch = 0, -math.inf, -1
@@ -454,6 +491,7 @@ def train_dense(config: TrainConfig, ctx: DistContext, log: Callable[[str], None
         train_model.train()
         t0 = time.perf_counter()
         loss_sum = seen = 0.0
+        skipped_before = train_loader.skipped
         bar = T.progress_bar(config, ctx, len(train_loader), f"epoch {epoch + 1}/{config.epochs}")
         try:
             for step, batch in enumerate(train_loader):
@@ -471,7 +509,11 @@ def train_dense(config: TrainConfig, ctx: DistContext, log: Callable[[str], None
         finally:
             bar.close()
         train_time = time.perf_counter() - t0
-        loss_sum, seen = T.all_reduce_sum([loss_sum, seen], ctx)
+        loss_sum, seen, train_skipped = T.all_reduce_sum(
+            [loss_sum, seen, train_loader.skipped - skipped_before], ctx)
+        if seen == 0:
+            raise ValueError(f"every training batch of epoch {epoch + 1} was unreadable ({int(train_skipped)} bad "
+                             "samples skipped)")
         scheduler.step(epoch + 1)
         ctx.broadcast_buffers(model)
         with warnings.catch_warnings():
@@ -495,7 +537,7 @@ def train_dense(config: TrainConfig, ctx: DistContext, log: Callable[[str], None
         ctx.barrier()
         log(f"epoch {epoch + 1:>3}/{config.epochs}  train loss {row['train_loss']:.4f}  val "
             f"{format_metrics(val, task.shown)}  lr {lr:.2e}  {row['images_per_sec']:.1f} img/s  {train_time:.1f}s"
-            + ("  *best*" if is_best else ""))
+            + T.skipped_text(train_skipped, task.skipped) + ("  *best*" if is_best else ""))
     if metrics is not None:
         metrics.close()
     log(f"best val {task.metric} {best:.2f} at epoch {best_epoch + 1}; checkpoints in {run.root} (best, last)")
@@ -532,12 +574,12 @@ def evaluate_task_checkpoint(model: nn.Module, data: str, split: str = "val", ba
 
 
 def predict_task_images(model: nn.Module, images: Sequence[str], output_dir: Optional[str] = None,
-                        **options: Any) -> List[Tuple[Path, str]]:
-    """Write one overlay PNG per image (``<stem>_<task>.png`` in ``output_dir``, default beside the image); returns
-    (PNG path, one-line summary) pairs."""
+                        **options: Any) -> Iterator[Tuple[Path, Dict[str, Any]]]:
+    """Write one overlay PNG per image (``<stem>_<task>.png`` in ``output_dir``, default beside the image); yields
+    (PNG path, prediction fields with a one-line ``summary``) image by image."""
     task = _task_for(model, None, {})
-    return [(png, task.predict(model, path, png, **options)) for path, png in overlay_paths(images, output_dir,
-                                                                                           task.name)]
+    for path, png in overlay_paths(images, output_dir, task.name):
+        yield png, task.predict(model, path, png, **options)
 
 
 def overlay_paths(images: Sequence[str], output_dir: Optional[str], task: str) -> List[Tuple[Path, Path]]:

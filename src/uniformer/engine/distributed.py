@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterator, List, Sequence
+from typing import Any, Iterator, List, Sequence
 
 import torch
 import torch.distributed as dist
@@ -37,6 +37,14 @@ class DistContext:
         if self.distributed:
             for buffer in module.buffers():
                 dist.broadcast(buffer, src=0)
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` (a small picklable value) on every rank."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def close(self) -> None:
         if self.distributed and dist.is_initialized():

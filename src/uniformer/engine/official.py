@@ -19,14 +19,15 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from ..data import load_image
+from ..data import BadSample, load_image
 from ..data.mm_pipelines import box_to_center_scale, mmdet_test_input, mmseg_test_input, topdown_affine_input
 from ..tasks import pose as pose_lib
 from ..tasks.coco import label_maps
 from ..tasks.detection import CocoDetection, coco_results, evaluate_coco, save_detection_overlay
 from ..tasks.segmentation import SegmentationDataset, SegmentationMetric, save_overlay
 from ..tasks.seg_heads import mmseg_inference
-from .dense import coco_split, data_root, overlay_paths, seg_split
+from .dense import (coco_split, data_root, detection_summary, overlay_paths, pose_summary, seg_split,
+                    segmentation_summary)
 from .distributed import resolve_device
 
 __all__ = ["is_official", "evaluate_official", "predict_official", "OFFICIAL_SHOWN"]
@@ -104,7 +105,11 @@ def _seg_eval(model: nn.Module, root: Path, split: str, skip_bad: bool, limit: O
                                   transform=lambda image, mask: (image, mask), skip_bad=skip_bad)
     metric = SegmentationMetric(k)
     for i in range(len(dataset) if limit is None else min(limit, len(dataset))):
-        image, mask = dataset[i]
+        item = dataset[i]
+        if isinstance(item, BadSample):  # --skip-bad: dropped, not replaced
+            warnings.warn(f"skipping {item.path}: {item.reason}", stacklevel=2)
+            continue
+        image, mask = item
         metric.update(segment(model, _rgb(image)), torch.from_numpy(mask.astype(np.int64)))
     result = metric.compute()
     if math.isnan(result["mIoU"]):
@@ -196,7 +201,7 @@ def _names(model: nn.Module) -> List[str]:
 
 
 def _predict_one(model: nn.Module, path: Path, png: Path, score_threshold: float,
-                 boxes: Optional[Sequence[Sequence[float]]]) -> str:
+                 boxes: Optional[Sequence[Sequence[float]]]) -> Dict[str, Any]:
     img = load_image(path)
     image = _rgb(img)
     task = model.task_config["task"]
@@ -204,34 +209,29 @@ def _predict_one(model: nn.Module, path: Path, png: Path, score_threshold: float
     if task == "segmentation":
         mask = segment(model, image)
         save_overlay(img, mask, png)
-        counts = torch.bincount(mask.flatten(), minlength=len(names))
-        top = [(int(i), 100.0 * float(counts[i]) / mask.numel()) for i in counts.argsort(descending=True)[:5]
-               if counts[i] > 0]
-        return ", ".join(f"{names[i]} {share:.1f}%" for i, share in top)
+        return segmentation_summary(mask, names)
     if task == "detection":
         out = detect(model, image)
         tv = {"boxes": out["boxes"], "scores": out["scores"], "labels": out["labels"] + 1,
               "masks": out["masks"].float()}
         save_detection_overlay(img, tv, png, class_names=names, score_threshold=score_threshold)
-        keep = out["scores"] >= score_threshold
-        found = [f"{names[int(l)]} {float(s):.2f}" for l, s in zip(out["labels"][keep], out["scores"][keep])]
-        return f"{len(found)} detection(s) with score >= {score_threshold}" + (f": {', '.join(found[:10])}"
-                                                                               if found else "")
+        return detection_summary(out["boxes"], out["labels"], out["scores"], names, score_threshold)
     boxes = [list(b) for b in boxes] if boxes else [[0.0, 0.0, float(img.width), float(img.height)]]
     keypoints, maxvals, _, _ = estimate_poses(model, image, boxes)
     pose_lib.save_pose_overlay(img, torch.cat([keypoints, maxvals], dim=-1), png)
-    return f"{len(boxes)} person(s), mean keypoint score {float(maxvals.mean()):.2f}"
+    return pose_summary(boxes, keypoints, maxvals)
 
 
 def predict_official(model: nn.Module, images: Sequence[str], output_dir: Optional[str] = None,
                      score_threshold: float = 0.5, boxes: Optional[Sequence[Sequence[float]]] = None
-                     ) -> List[Tuple[Path, str]]:
+                     ) -> Iterator[Tuple[Path, Dict[str, Any]]]:
     """One overlay PNG per image (``<stem>_<task>.png`` in ``output_dir``, default beside the image) with the
     official prediction: colour mask (segmentation), boxes + masks with class names (detection), skeletons for
-    ``boxes`` (pose; default the whole image). Returns (PNG path, one-line summary) pairs."""
+    ``boxes`` (pose; default the whole image). Yields (PNG path, prediction fields with a one-line ``summary``)
+    image by image (the fields of :func:`~uniformer.engine.dense.segmentation_summary` and its siblings)."""
     if boxes and model.task_config["task"] != "pose":
         raise ValueError("--box gives person boxes for pose models only")
     if not 0.0 <= score_threshold <= 1.0:
         raise ValueError(f"--score-threshold must be in [0, 1], got {score_threshold}")
-    return [(png, _predict_one(model, path, png, score_threshold, boxes))
-            for path, png in overlay_paths(images, output_dir, model.task_config["task"])]
+    for path, png in overlay_paths(images, output_dir, model.task_config["task"]):
+        yield png, _predict_one(model, path, png, score_threshold, boxes)

@@ -1,20 +1,23 @@
 """Training and evaluation loops for image classification, built on timm's components.
 
 ``train(config)`` runs single-process or under ``torchrun`` (DistributedDataParallel, gloo on CPU, NCCL on CUDA);
-rank 0 logs and writes checkpoints. ``evaluate_checkpoint`` reproduces the validation numbers of a saved run.
+rank 0 claims and locks the run directory (:func:`~uniformer.engine.checkpointing.claim_run`), logs and writes
+checkpoints. ``evaluate_checkpoint`` reproduces the validation numbers of a saved run.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-import warnings
+import os
 import random
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -24,14 +27,16 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from .. import create_model, load_checkpoint
 from ..models import TokenLabelingOutput
-from ..data import DIGITS, build_image_dataset
+from ..data import DIGITS, DropBadCollate, build_image_dataset
 from ..data.frames import DEFAULT_FRAME_START, DEFAULT_FRAME_TEMPLATE
-from .checkpointing import RunDir, resolve_checkpoint_path, rng_state, set_rng_state
+from .checkpointing import RunDir, RunLock, claim_run, resolve_checkpoint_path, rng_state, set_rng_state
 from .config import TrainConfig, load_yaml, parse_views, save_yaml
 from .distributed import DistContext, ShardSampler, all_reduce_sum, init_distributed
+from .inference import load_model_for_inference
 from .metrics import MetricsLogger, accuracy_counts
 
-__all__ = ["train", "evaluate", "evaluate_checkpoint", "compute_loss", "build_transforms"]
+__all__ = ["train", "evaluate", "evaluate_checkpoint", "compute_loss", "build_transforms", "SkipBadLoader",
+           "eval_loader", "absolute_paths"]
 
 _logger = logging.getLogger("uniformer")
 
@@ -119,7 +124,7 @@ def _datasets(config: TrainConfig, task: str, split: str, **kwargs: Any):
 
         return VideoDataset(config.data, split, skip_bad=config.skip_bad, frame_template=config.frame_template,
                             frame_start=config.frame_start, **kwargs)
-    return build_image_dataset(config.data, split, **kwargs)
+    return build_image_dataset(config.data, split, skip_bad=config.skip_bad, **kwargs)
 
 
 def build_video_datasets(config: TrainConfig, model: nn.Module):
@@ -205,12 +210,14 @@ def evaluate(
     model: nn.Module, loader: DataLoader, ctx: DistContext, autocast=nullcontext, channels_last: bool = False,
     aggregation: str = "prob",
 ) -> Dict[str, float]:
-    """Top-1/top-5 accuracy and cross-entropy over the loader, summed over all ranks (each sample counted once).
+    """Top-1/top-5 accuracy and cross-entropy over the loader, summed over all ranks (each sample counted once), and
+    ``skipped``: the bad samples a :class:`SkipBadLoader` dropped, summed over all ranks (they are not in ``count``).
 
     Video batches with several views per sample (B, V, C, T, H, W) are scored on the aggregated views.
     """
     model.eval()
     loss_sum = correct1 = correct5 = count = 0.0
+    skipped_before = getattr(loader, "skipped", 0)
     for x, y in loader:
         x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
         views = x.shape[1] if x.ndim == 6 else 0
@@ -226,19 +233,72 @@ def evaluate(
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         c1, c5 = accuracy_counts(logits, y)
         correct1, correct5, count = correct1 + c1, correct5 + c5, count + len(y)
-    loss_sum, correct1, correct5, count = all_reduce_sum([loss_sum, correct1, correct5, count], ctx)
+    skipped = getattr(loader, "skipped", 0) - skipped_before
+    loss_sum, correct1, correct5, count, skipped = all_reduce_sum([loss_sum, correct1, correct5, count, skipped], ctx)
     if count == 0:
-        raise ValueError("the evaluation set is empty")
+        raise ValueError(f"every sample of the evaluation set was unreadable ({int(skipped)} skipped)" if skipped
+                         else "the evaluation set is empty")
     return dict(loss=loss_sum / count, acc1=100.0 * correct1 / count, acc5=100.0 * correct5 / count,
-                correct1=correct1, count=count)
+                correct1=correct1, count=count, skipped=skipped)
+
+
+class SkipBadLoader:
+    """Iterates a DataLoader whose ``collate_fn`` is a :class:`~uniformer.data.DropBadCollate` as the batches of its
+    good samples.
+
+    Every :class:`~uniformer.data.BadSample` a dataset returned (``--skip-bad``) is dropped with a warning naming it
+    and counted in ``skipped`` (this process; evaluation and the epoch summaries sum it over the ranks). ``even``
+    trims a batch to an even size (Mixup/CutMix need one); a batch left with fewer than ``min_size`` samples is
+    skipped (training: 2, as BatchNorm needs two samples, the reason a last partial batch is dropped too). With
+    ``ctx`` (training under torchrun) the ranks agree on every step, so all of them skip a step that any rank skips
+    and DistributedDataParallel never waits for a rank that has nothing.
+    """
+
+    def __init__(self, loader: DataLoader, ctx: Optional[DistContext] = None, even: bool = False,
+                 min_size: int = 1) -> None:
+        self.loader, self.ctx, self.even, self.min_size = loader, ctx, even, min_size
+        self.skipped = 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch, bad in self.loader:
+            for sample in bad:
+                self.skipped += 1
+                warnings.warn(f"skipping {sample.path} ({self.skipped} skipped so far in this process): "
+                              f"{sample.reason}", stacklevel=2)
+            if batch is not None:
+                size = len(batch[0]) // 2 * 2 if self.even else len(batch[0])
+                if size < self.min_size:
+                    batch = None
+                elif size < len(batch[0]):
+                    batch = [part[:size] for part in batch]
+            keep = batch is not None
+            if self.ctx is not None and self.ctx.distributed:
+                keep = all_reduce_sum([float(keep)], self.ctx)[0] == self.ctx.world_size
+            if keep:
+                yield batch
 
 
 def eval_loader(dataset, batch_size: int, workers: int, ctx: DistContext,
-                collate_fn: Optional[Callable] = None) -> DataLoader:
-    """Evaluation loader: every sample exactly once over all ranks (:class:`ShardSampler`), in order."""
-    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), ctx.rank, ctx.world_size),
-                      num_workers=workers, worker_init_fn=seed_worker, collate_fn=collate_fn,
-                      pin_memory=ctx.device.type == "cuda")
+                collate_fn: Optional[Callable] = None) -> SkipBadLoader:
+    """Evaluation loader: every sample exactly once over all ranks (:class:`ShardSampler`), in order; bad samples
+    (``skip_bad`` datasets) are dropped and counted (:class:`SkipBadLoader`)."""
+    return SkipBadLoader(DataLoader(dataset, batch_size=batch_size,
+                                    sampler=ShardSampler(len(dataset), ctx.rank, ctx.world_size),
+                                    num_workers=workers, worker_init_fn=seed_worker,
+                                    collate_fn=DropBadCollate(collate_fn), pin_memory=ctx.device.type == "cuda"))
+
+
+def train_loader(dataset, config: TrainConfig, ctx: DistContext, sampler: DistributedSampler,
+                 collate_fn: Optional[Callable] = None, even: bool = False) -> SkipBadLoader:
+    """Training loader over ``sampler`` (full batches only); bad samples are dropped and counted, a batch left with
+    one sample is skipped, the ranks agreeing on skipped steps under torchrun (:class:`SkipBadLoader`)."""
+    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
+                        worker_init_fn=seed_worker, drop_last=True, collate_fn=DropBadCollate(collate_fn),
+                        pin_memory=ctx.device.type == "cuda", persistent_workers=False)
+    return SkipBadLoader(loader, ctx if config.skip_bad else None, even=even, min_size=min(2, config.batch_size))
 
 
 def _run_config_file(checkpoint: str, path: Path) -> Optional[Path]:
@@ -289,8 +349,10 @@ def evaluate_checkpoint(
     skip_bad: bool = False,
     frame_template: Optional[str] = None,
     frame_start: Optional[int] = None,
+    ema: bool = False,
 ) -> Dict[str, float]:
-    """Evaluate a run directory, a saved model folder, or an official weights file (with ``model_name``).
+    """Evaluate a run directory, a saved model folder, or an official weights file (with ``model_name``); ``ema``
+    evaluates the checkpoint's EMA weights (:func:`~uniformer.engine.inference.load_model_for_inference`).
 
     The preprocessing (and for video the frames, stride, sampler and views) is the one recorded with the checkpoint
     unless overridden; ``data`` defaults to the run's data, and the frame-folder naming to the run's
@@ -298,7 +360,6 @@ def evaluate_checkpoint(
     """
     from timm.data import create_transform, resolve_data_config
 
-    from ..cli import load_model_for_inference
     from ..models.uniformer_video import video_protocol
 
     path = resolve_checkpoint_path(checkpoint)
@@ -306,7 +367,7 @@ def evaluate_checkpoint(
         data = run_data(checkpoint, path)
     ctx = init_distributed(device)
     try:
-        model = load_model_for_inference(model_name, str(path), num_classes=None)
+        model = load_model_for_inference(model_name, str(path), num_classes=None, ema=ema)
         cfg = model.pretrained_cfg
         size = img_size or cfg["input_size"][-1]
         if getattr(model, "dims", 2) == 3:
@@ -321,7 +382,8 @@ def evaluate_checkpoint(
                                    skip_bad=skip_bad, frame_template=template, frame_start=start)
         else:
             data_config = resolve_data_config({"input_size": (3, size, size)} if img_size else {}, model=model)
-            dataset = build_image_dataset(data, split, transform=create_transform(**data_config), img_size=size)
+            dataset = build_image_dataset(data, split, transform=create_transform(**data_config), img_size=size,
+                                          skip_bad=skip_bad)
         if model.num_classes != len(dataset.classes):
             raise ValueError(f"the model has {model.num_classes} classes but {data} has {len(dataset.classes)}")
         model.to(ctx.device)
@@ -334,6 +396,43 @@ def evaluate_checkpoint(
 def default_output(config: TrainConfig) -> str:
     data = "digits" if config.data == DIGITS else Path(config.data).name
     return str(Path("runs") / f"{config.model}-{data}-{datetime.now():%Y%m%d-%H%M%S}")
+
+
+PATH_OPTIONS = ("data", "init_checkpoint", "output", "resume", "person_boxes")  # saved absolute
+
+
+def absolute_paths(config: TrainConfig) -> TrainConfig:
+    """``config`` with its path options (:data:`PATH_OPTIONS`) absolute and ``~`` expanded (``digits`` stays), so that
+    the saved run evaluates and resumes from any working directory."""
+    changes = {name: os.path.abspath(os.path.expanduser(str(value))) for name in PATH_OPTIONS
+               if (value := getattr(config, name)) and not (name == "data" and value == DIGITS)}
+    return dataclasses.replace(config, **changes)
+
+
+_CLAIM_ERRORS = {e.__name__: e for e in (FileExistsError, BlockingIOError, FileNotFoundError, NotADirectoryError,
+                                         PermissionError, ValueError)}
+
+
+def start_run(config: TrainConfig, ctx: DistContext, log: Callable[[str], None]
+              ) -> Tuple[TrainConfig, Optional[RunLock]]:
+    """Make the path options absolute and let rank 0 claim the run directory (:func:`claim_run`: refuse a folder
+    holding a run unless ``--resume``/``--overwrite``, take its lock). Every rank gets rank 0's outcome: the config
+    with ``output`` set to the run directory, or rank 0's error. Returns the held lock on rank 0, None elsewhere."""
+    config = absolute_paths(config)
+    lock, error, outcome = None, None, None
+    if ctx.is_main:
+        root = config.resume or config.output or os.path.abspath(default_output(config))
+        try:
+            lock = claim_run(root, resume=bool(config.resume), overwrite=config.overwrite, log=log)
+            outcome = (root, None, None)
+        except (OSError, ValueError) as e:
+            error, outcome = e, (root, type(e).__name__, str(e))
+    root, kind, message = ctx.broadcast_object(outcome)
+    if error is not None:
+        raise error
+    if kind is not None:
+        raise _CLAIM_ERRORS.get(kind, OSError)(message)
+    return (config if config.resume else dataclasses.replace(config, output=root)), lock
 
 
 def progress_bar(config: TrainConfig, ctx: DistContext, total: int, desc: str):
@@ -428,11 +527,10 @@ def place_model(model: nn.Module, config: TrainConfig, ctx: DistContext,
 
 def open_run(config: TrainConfig, run: RunDir, ctx: DistContext,
              resume_epoch: Optional[int]) -> Optional[MetricsLogger]:
-    """On rank 0: create the run directory, write the resolved ``config.yaml`` and return the metrics logger (which
-    drops rows past ``resume_epoch`` when resuming); None on the other ranks."""
+    """On rank 0: write the resolved ``config.yaml`` into the claimed run directory and return the metrics logger
+    (which drops rows past ``resume_epoch`` when resuming); None on the other ranks."""
     if not ctx.is_main:
         return None
-    run.root.mkdir(parents=True, exist_ok=True)
     save_yaml(with_output(config, run.root), run.config_file)
     return MetricsLogger(run.root, resume_epoch=resume_epoch)
 
@@ -471,7 +569,8 @@ def wrap_distributed(model: nn.Module, ctx: DistContext, find_unused_parameters:
 
 def train(config: TrainConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Train ``config.model`` on ``config.data``; returns the final summary (best accuracy, run directory, …).
-    ``--task segmentation|detection|pose`` runs :func:`uniformer.engine.dense.train_dense` instead."""
+    ``--task segmentation|detection|pose`` runs :func:`uniformer.engine.dense.train_dense` instead. The run
+    directory is claimed and locked first (:func:`start_run`) and released however the training ends."""
     from ..tasks.build import DENSE_TASKS
 
     if config.task in DENSE_TASKS:
@@ -479,9 +578,14 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> Dict[str, 
     else:
         loop = _train
     ctx = init_distributed(config.device)
+    lock: Optional[RunLock] = None
     try:
-        return loop(config, ctx, log if ctx.is_main else (lambda _msg: None))
+        main_log = log if ctx.is_main else (lambda _msg: None)
+        config, lock = start_run(config, ctx, main_log)
+        return loop(config, ctx, main_log)
     finally:
+        if lock is not None:
+            lock.release()
         ctx.close()
 
 
@@ -492,7 +596,7 @@ def _train(config: TrainConfig, ctx: DistContext, log: Callable[[str], None]) ->
 
     if (config.mixup > 0 or config.cutmix > 0) and config.batch_size % 2:
         raise ValueError(f"Mixup/CutMix need an even --batch-size, got {config.batch_size}")
-    run = RunDir(config.resume or config.output or default_output(config))
+    run = RunDir(config.resume or config.output)  # claimed by start_run
     resume_state = run.load_training_state() if config.resume else None
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -512,8 +616,9 @@ def _train(config: TrainConfig, ctx: DistContext, log: Callable[[str], None]) ->
         train_tf, eval_tf, data_config = build_transforms(config, model)
         size = data_config["input_size"][-1]
         shape = f"{size}x{size}"
-        train_set = build_image_dataset(config.data, "train", transform=train_tf, img_size=size)
-        val_set = build_image_dataset(config.data, "val", transform=eval_tf, img_size=size)
+        train_set = build_image_dataset(config.data, "train", transform=train_tf, img_size=size,
+                                        skip_bad=config.skip_bad)
+        val_set = build_image_dataset(config.data, "val", transform=eval_tf, img_size=size, skip_bad=config.skip_bad)
     if len(train_set) < config.batch_size * ctx.world_size:
         raise ValueError(f"the training set has {len(train_set)} samples, fewer than one batch "
                          f"({config.batch_size} x {ctx.world_size} processes)")
@@ -530,11 +635,9 @@ def _train(config: TrainConfig, ctx: DistContext, log: Callable[[str], None]) ->
     optimizer = make_optimizer(config, model)
     sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
                                  seed=config.seed, drop_last=True)
-    train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
-                              worker_init_fn=seed_worker, drop_last=True, pin_memory=ctx.device.type == "cuda",
-                              persistent_workers=False)
+    loader = train_loader(train_set, config, ctx, sampler, even=config.mixup > 0 or config.cutmix > 0)
     val_loader = eval_loader(val_set, config.batch_size, config.workers, ctx)
-    scheduler = make_scheduler(config, optimizer, len(train_loader))
+    scheduler = make_scheduler(config, optimizer, len(loader))
     ema = ModelEmaV3(model, decay=config.model_ema_decay, use_warmup=config.model_ema_warmup) if config.model_ema else None
     mixup_fn = None
     if config.mixup > 0 or config.cutmix > 0:
@@ -565,15 +668,16 @@ def _train(config: TrainConfig, ctx: DistContext, log: Callable[[str], None]) ->
             f"{len(val_set)} val {unit}, {len(classes)} classes, {shape}, {ctx.world_size} process(es) on "
             f"{ctx.device}, run dir {run.root}")
 
-    num_updates = start_epoch * len(train_loader)
+    num_updates = start_epoch * len(loader)
     for epoch in range(start_epoch, config.epochs):
         sampler.set_epoch(epoch)
         train_model.train()
         t0 = time.perf_counter()
         loss_sum = correct = seen = 0.0
-        bar = progress_bar(config, ctx, len(train_loader), f"epoch {epoch + 1}/{config.epochs}")
+        skipped_before = loader.skipped
+        bar = progress_bar(config, ctx, len(loader), f"epoch {epoch + 1}/{config.epochs}")
         try:
-            for step, (x, y) in enumerate(train_loader):
+            for step, (x, y) in enumerate(loader):
                 x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
                 if config.channels_last:
                     x = x.contiguous(memory_format=memory_format)
@@ -600,7 +704,11 @@ def _train(config: TrainConfig, ctx: DistContext, log: Callable[[str], None]) ->
         finally:
             bar.close()
         train_time = time.perf_counter() - t0
-        loss_sum, correct, seen = all_reduce_sum([loss_sum, correct, seen], ctx)
+        loss_sum, correct, seen, train_skipped = all_reduce_sum(
+            [loss_sum, correct, seen, loader.skipped - skipped_before], ctx)
+        if seen == 0:
+            raise ValueError(f"every training batch of epoch {epoch + 1} was unreadable ({int(train_skipped)} bad "
+                             "samples skipped)")
         scheduler.step(epoch + 1)
         ctx.broadcast_buffers(model)
         if ema is not None:
@@ -628,14 +736,20 @@ def _train(config: TrainConfig, ctx: DistContext, log: Callable[[str], None]) ->
         log(f"epoch {epoch + 1:>3}/{config.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc1']:.2f}%  "
             f"val loss {val['loss']:.4f} acc1 {val['acc1']:.2f}% ({int(val['correct1'])}/{int(val['count'])}) "
             f"acc5 {val['acc5']:.2f}%{ema_text}  lr {lr:.2e}  {row['images_per_sec']:.0f} img/s  {train_time:.1f}s"
-            + ("  *best*" if is_best else ""))
+            + skipped_text(train_skipped, val["skipped"]) + ("  *best*" if is_best else ""))
     if metrics is not None:
         metrics.close()
     log(f"best val top-1 {best_acc1:.2f}% at epoch {best_epoch + 1}; checkpoints in {run.root} (best, last)")
     return dict(best_acc1=best_acc1, best_epoch=best_epoch + 1, run_dir=str(run.root), classes=classes)
 
 
-def with_output(config: TrainConfig, root: Path) -> TrainConfig:
-    import dataclasses
+def skipped_text(train_skipped: float, val_skipped: float) -> str:
+    """The epoch summary's note of the bad samples ``--skip-bad`` dropped ('' when none)."""
+    if not train_skipped and not val_skipped:
+        return ""
+    return f"  skipped {int(train_skipped)} train / {int(val_skipped)} val bad sample(s)"
 
-    return dataclasses.replace(config, output=str(root), resume=None)
+
+def with_output(config: TrainConfig, root: Path) -> TrainConfig:
+    """The options saved as the run's ``config.yaml``: what ``--resume`` continues with."""
+    return dataclasses.replace(config, output=str(root), resume=None, overwrite=False)

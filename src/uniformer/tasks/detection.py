@@ -21,8 +21,10 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from pycocotools.coco import COCO
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch.onnx import operators
 from torch.utils.data import Dataset
 from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.transforms.functional import pil_to_tensor
@@ -34,6 +36,7 @@ from .coco import (PathLike, coco_eval_stats, label_maps, load_coco, mask_to_rle
 __all__ = [
     "UniFormerFPNBackbone",
     "build_mask_rcnn",
+    "SingleImageMaskRCNN",
     "CocoDetection",
     "RandomHorizontalFlip",
     "collate_fn",
@@ -97,7 +100,8 @@ class UniFormerFPNBackbone(nn.Module):
             raise ValueError(f"{type(self).__name__} expects a (B, C, H, W) batch, got shape {tuple(x.shape)}")
         d = self.size_divisible
         pad_h, pad_w = (-x.shape[-2]) % d, (-x.shape[-1]) % d
-        if pad_h or pad_w:
+        # traced / exported graphs always pad (tested first: no guard on the size), by what the input size needs
+        if torch.jit.is_tracing() or torch.compiler.is_exporting() or pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
         features = _feature_list(self.body(x), self.in_channels, type(self).__name__)
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features)))
@@ -137,6 +141,63 @@ def build_mask_rcnn(
     for name, module in predictors.items():
         setattr(model.roi_heads, name, module)
     return model
+
+
+def _resized_size(hw: torch.Tensor, min_size: float, max_size: float) -> torch.Tensor:
+    """(h', w') int64 of torchvision's ``GeneralizedRCNNTransform`` resize of an (h, w) image, computed in float64 as
+    its eager Python code does: scale = min(min_size / min(h, w), max_size / max(h, w)), sides floor(side * scale)."""
+    hw = hw.to(torch.float64)  # tensor / tensor: ``number / tensor`` multiplies by a reciprocal, rounding otherwise
+    scale = torch.minimum(hw.new_tensor(min_size) / hw.min(), hw.new_tensor(max_size) / hw.max())
+    return torch.floor(hw * scale).to(torch.int64)
+
+
+class _ResizedSize(torch.autograd.Function):
+    """:func:`_resized_size` with an ONNX symbolic in float64: the TorchScript-based ONNX exporter casts the traced
+    division and min to float32, which rounds e.g. 100 x 128/100 down to 127 and shifts every detection."""
+
+    @staticmethod
+    def forward(ctx: Any, hw: torch.Tensor, min_size: float, max_size: float) -> torch.Tensor:  # noqa: D102
+        return _resized_size(hw, min_size, max_size)
+
+    @staticmethod
+    def symbolic(g: Any, hw: Any, min_size: float, max_size: float) -> Any:  # noqa: D102
+        # 1-element tensors, not 0-d scalars: the exporter's scalar type promotion would make 0-d ones float32
+        hw = g.op("Cast", hw, to_i=11)  # DOUBLE
+        lo, hi = g.op("ReduceMin", hw, keepdims_i=1), g.op("ReduceMax", hw, keepdims_i=1)
+        low = g.op("Div", g.op("Constant", value_t=torch.tensor([float(min_size)], dtype=torch.float64)), lo)
+        high = g.op("Div", g.op("Constant", value_t=torch.tensor([float(max_size)], dtype=torch.float64)), hi)
+        return g.op("Cast", g.op("Floor", g.op("Mul", hw, g.op("Min", low, high))), to_i=7)  # INT64
+
+
+class SingleImageMaskRCNN(nn.Module):
+    """The one-image inference entry point of a torchvision Mask R-CNN built by :func:`build_mask_rcnn`, for export
+    (ONNX, TorchScript tracing): ``forward(image)`` takes one (3, H, W) RGB float image in [0, 1] and returns
+    ``(boxes (N, 4) x1 y1 x2 y2 in input pixels, labels (N,) int64 1..K (0 = background), scores (N,) descending,
+    masks (N, 1, H, W) float probabilities)`` — exactly ``model([image])[0]``. The resize to ``min_size`` /
+    ``max_size`` is computed from the traced image size in float64, as torchvision's eager code does, so one traced
+    graph serves every image size. Call in eval mode."""
+
+    def __init__(self, model: MaskRCNN) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not torch.jit.is_tracing() and (image.ndim != 3 or image.shape[0] != 3):
+            raise ValueError(f"{type(self).__name__} takes one (3, H, W) image, got shape {tuple(image.shape)}")
+        model, transform = self.model, self.model.transform
+        original = [(image.shape[-2], image.shape[-1])]
+        hw = operators.shape_as_tensor(image)[-2:]
+        sizes = (float(transform.min_size[-1]), float(transform.max_size))
+        size = _ResizedSize.apply(hw, *sizes) if torch.onnx.is_in_onnx_export() else _resized_size(hw, *sizes)
+        target = (size[0], size[1]) if torch.jit.is_tracing() else (int(size[0]), int(size[1]))
+        x = F.interpolate(transform.normalize(image)[None], size=target, mode="bilinear", align_corners=False)[0]
+        images = ImageList(transform.batch_images([x], size_divisible=transform.size_divisible),
+                           [(x.shape[-2], x.shape[-1])])
+        features = model.backbone(images.tensors)
+        proposals, _ = model.rpn(images, features)
+        detections, _ = model.roi_heads(features, proposals, images.image_sizes)
+        out = transform.postprocess(detections, images.image_sizes, original)[0]
+        return out["boxes"], out["labels"], out["scores"], out["masks"]
 
 
 class RandomHorizontalFlip:

@@ -68,6 +68,7 @@ __all__ = [
     "MMDetCascadeRoIHeads",
     "MMDetMaskRCNN",
     "MMDetCascadeRCNN",
+    "MMDetFeatures",
     "OFFICIAL_DETECTORS",
     "build_mmdet_detector",
     "convert_mmdet_state_dict",
@@ -978,6 +979,25 @@ class MMDetCascadeRCNN(_MMDetDetector, GeneralizedRCNN):
         if self.training:
             return GeneralizedRCNN.forward(self, images, targets)
         return self._eval_forward(images)
+
+
+class MMDetFeatures(nn.Module):
+    """The traceable part of an mmdet-port detector (:class:`MMDetMaskRCNN`, :class:`MMDetCascadeRCNN`), for export:
+    ``forward(img)`` on a normalised (B, 3, H, W) batch, H and W multiples of 32 (mmdet's test input), returns the 5
+    FPN maps (strides 4–64) followed by the RPN's objectness logits (B, A, h, w) and box deltas (B, 4A, h, w) of each
+    level. The rest of mmdet's test (proposals, RoI heads, NMS, mask pasting) works image by image with Python-side
+    sizes and loops over detections, so a traced graph would freeze them at the traced image: run it in PyTorch."""
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        if not isinstance(detector, (MMDetMaskRCNN, MMDetCascadeRCNN)):
+            raise ValueError(f"MMDetFeatures wraps an MMDetMaskRCNN or MMDetCascadeRCNN, got {type(detector).__name__}")
+        self.detector = detector
+
+    def forward(self, img: Tensor) -> Tuple[Tensor, ...]:
+        feats = self.detector.neck(img)
+        cls, reg = self.detector.rpn_head_outputs(feats)
+        return tuple(feats) + tuple(cls) + tuple(reg)
 
 
 # ------------------------------------------------------------------------------------------------- builder ------

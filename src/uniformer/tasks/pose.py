@@ -190,7 +190,8 @@ class TopDownPoseModel(nn.Module):
             raise ValueError(f"{type(self).__name__} expects a (B, 3, H, W) batch, got shape {tuple(x.shape)}")
         h, w = x.shape[-2:]
         pad_h, pad_w = (-h) % SIZE_DIVISIBLE, (-w) % SIZE_DIVISIBLE
-        if pad_h or pad_w:
+        # traced / exported graphs always pad (tested first: no guard on the size), by what the input size needs
+        if torch.jit.is_tracing() or torch.compiler.is_exporting() or pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
         features = self.backbone(x)
         if isinstance(features, Mapping):
@@ -202,7 +203,8 @@ class TopDownPoseModel(nn.Module):
             raise ValueError(f"{type(self).__name__}: the backbone's last map must be (B, {self.in_channels}, H/32, "
                              f"W/32), found {found}")
         heatmaps = self.keypoint_head(features)
-        return heatmaps[..., : -(-h // self.stride), : -(-w // self.stride)]
+        # ceil(h / stride) without negative floor division, which the ONNX exporter translates as truncation
+        return heatmaps[..., : (h + self.stride - 1) // self.stride, : (w + self.stride - 1) // self.stride]
 
     @torch.no_grad()
     def predict_keypoints(self, images: torch.Tensor, centers: Union[torch.Tensor, np.ndarray],

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -23,7 +22,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
 
 from ..checkpoint import atomic_path
-from ..data import load_image
+from ..data import BadSample, load_image
 from .seg_heads import AUX_LOSS_WEIGHT, ConvBNReLU, FCNAuxHead, FPNHead, UperNetHead
 from .vt_fpn import ConvFPNNeck, SemanticFPNHead, VTFPNNeck, check_feature_levels
 
@@ -155,10 +154,11 @@ class SegmentationDataset(Dataset):
     skipped), else are "0".."K-1" with K = ``num_classes`` (which then is required). ``reduce_zero_label=True``
     (ADE20K) maps label 0 to 255 and shifts the others down by one. Image/mask pairing is checked at construction
     (``FileNotFoundError`` naming the unmatched files); mask mode, size and values are checked when an item is read:
-    values ≥ K other than 255 raise ``ValueError`` naming the mask and the values, or, with ``skip_bad=True``, warn
-    naming the file and return the next readable item instead. ``transform(image PIL, mask uint8 array)`` must return
-    ``(image, mask)``; by default images become ImageNet-normalised float (3, H, W) tensors and masks (H, W) long
-    tensors, at the original size.
+    values ≥ K other than 255 raise ``ValueError`` naming the mask and the values, or, with ``skip_bad=True``, come
+    back as a :class:`~uniformer.data.BadSample` naming the image (dropped from its batch by
+    :class:`~uniformer.data.DropBadCollate`; never replaced by another item). ``transform(image PIL, mask uint8
+    array)`` must return ``(image, mask)``; by default images become ImageNet-normalised float (3, H, W) tensors and
+    masks (H, W) long tensors, at the original size.
     """
 
     def __init__(self, root: PathLike, split: str, num_classes: Optional[int] = None, reduce_zero_label: bool = False,
@@ -187,7 +187,6 @@ class SegmentationDataset(Dataset):
         if not images:
             raise ValueError(f"no images ({'/'.join(IMAGE_SUFFIXES)}) found in {image_dir}")
         self.samples: List[Tuple[Path, Path]] = [(images[s], masks[s]) for s in sorted(images)]
-        self.skipped = 0  # bad samples skipped so far (per process: DataLoader workers count their own)
 
     def _read_classes(self, num_classes: Optional[int], class_names_file: Optional[PathLike]) -> List[str]:
         if num_classes is not None and (not isinstance(num_classes, int) or not 1 <= num_classes <= IGNORE_INDEX):
@@ -251,24 +250,17 @@ class SegmentationDataset(Dataset):
                              f"{image.width}x{image.height}; expected the same size")
         return image, mask
 
-    def __getitem__(self, index: int) -> Tuple[Any, Any]:
+    def __getitem__(self, index: int) -> Union[Tuple[Any, Any], BadSample]:
         n = len(self.samples)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for a dataset of {n} items")
         index %= n
-        for offset in range(n):
-            j = (index + offset) % n
-            try:
-                image, mask = self._load(j)
-                break
-            except ValueError as e:
-                if not self.skip_bad:
-                    raise
-                self.skipped += 1
-                warnings.warn(f"skipping bad segmentation sample {self.samples[j][0].name} ({self.skipped} skipped so "
-                              f"far in this process): {e}", stacklevel=2)
-        else:
-            raise ValueError(f"all {n} samples of {self.root / 'images' / self.split} are unreadable or invalid")
+        try:
+            image, mask = self._load(index)
+        except (ValueError, FileNotFoundError) as e:
+            if not self.skip_bad:
+                raise
+            return BadSample(index, str(self.samples[index][0]), str(e))
         if self.transform is not None:
             return self.transform(image, mask)
         return _normalise(image, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD), torch.from_numpy(mask.astype(np.int64))
@@ -520,7 +512,8 @@ class SegmentationModel(nn.Module):
             raise ValueError(f"{type(self).__name__} expects a (B, C, H, W) batch, got shape {tuple(x.shape)}")
         H, W = x.shape[-2:]
         pad_h, pad_w = (-H) % self.size_divisor, (-W) % self.size_divisor
-        if pad_h or pad_w:
+        # traced / exported graphs always pad (tested first: no guard on the size), by what the input size needs
+        if torch.jit.is_tracing() or torch.compiler.is_exporting() or pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
         feats = self.extract_features(x)
         logits = self.decode_head(self.neck(feats))

@@ -28,7 +28,8 @@ SIZE_DIVISIBILITY = 32  # VTFPN pads inputs to a multiple of the coarsest stride
 
 
 def _tracing() -> bool:
-    return torch.jit.is_tracing() or torch.jit.is_scripting()
+    """True while ``torch.jit`` traces/scripts or ``torch.export`` (ONNX) captures a model: shape checks are skipped."""
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_exporting()
 
 
 def check_feature_levels(features: Sequence[torch.Tensor], in_channels: Sequence[int], owner: str) -> None:
