@@ -25,7 +25,7 @@ import torch.nn.functional as F
 import uniformer
 from uniformer.bench import _input_shape, matmul_peak_gflops
 from uniformer.fast import input_memory_format, optimize_for_inference
-from uniformer.utils import count_flops, explicit_attention
+from uniformer.flops import count_flops, explicit_attention
 
 
 def _time(fn) -> float:

@@ -211,7 +211,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def test_cli_export_end_to_end(tmp_path, capsys):
-    from uniformer.checkpoint import save_pretrained
+    from uniformer.models.weights import save_pretrained
 
     model = build("light")
     saved = save_pretrained(model, tmp_path / "saved")

@@ -29,7 +29,7 @@ from PIL import Image
 from timm.models._hub import save_for_hf
 
 import uniformer
-from uniformer.checkpoint import HUB_FILES
+from uniformer.models.weights import HUB_FILES
 from uniformer.models.uniformer_video import HUB_VIDEO, kinetics400_classes, kinetics600_classes, video_protocol
 from uniformer.tasks.build import build_task_model
 
@@ -162,7 +162,7 @@ import torch
 from huggingface_hub import constants
 
 import uniformer
-from uniformer.checkpoint import read_checkpoint
+from uniformer.models.weights import read_checkpoint
 
 assert constants.HF_HUB_OFFLINE and constants.HF_HUB_CACHE == sys.argv[3]
 expected = {"uniformer_xxs.in1k_128": read_checkpoint(sys.argv[1])["model_ema"],  # light: the evaluated EMA weights

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from conftest import TINY, one_line_error, run_cli
 
 import uniformer
-from uniformer.checkpoint import SAFE_GLOBALS
+from uniformer.models.weights import SAFE_GLOBALS
 from uniformer.data import load_image
 from uniformer.engine.config import load_yaml
 
@@ -179,7 +179,7 @@ def test_safetensors_with_integer_weights_fail_naming_the_keys(tmp_path):
 
 
 def test_unusable_checkpoint_locations_are_named(tmp_path, saved_model):
-    from uniformer.checkpoint import read_checkpoint, read_model_config
+    from uniformer.models.weights import read_checkpoint, read_model_config
     from uniformer.engine.checkpointing import resolve_checkpoint_path
 
     empty = tmp_path / "empty"

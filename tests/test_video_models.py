@@ -9,7 +9,7 @@ import torch
 from conftest import TINY, TINY_LIGHT, fake_state_dict, load_parity
 
 import uniformer
-from uniformer.convert import inflate_kernel
+from uniformer.models.convert import inflate_kernel
 
 BUILDERS = {"video": "uniformer_video_small", "video_light": "uniformer_video_xxs", "inflate": "uniformer_video_small"}
 CLIP = torch.randn(1, 3, 8, 64, 64)

@@ -10,7 +10,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from uniformer.layers.vt import FilterTokenizer, Projector, TokenTransformer
 from uniformer.tasks.vt_fpn import (ConvFPNNeck, SemanticFPNHead, VTFPN, VTFPNNeck, fpn_neck_macs,
                                     resnet_level_shapes)
-from uniformer.utils import count_params
+from uniformer.flops import count_params
 
 CHANNELS = (256, 512, 1024, 2048)
 

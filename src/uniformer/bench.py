@@ -83,7 +83,7 @@ def matmul_peak_gflops(n: int = 2048, iters: int = 10) -> float:
 def _build(name: str) -> nn.Module:
     import timm
 
-    from . import create_model, list_models
+    from .models.factory import create_model, list_models
 
     model = create_model(name) if name in list_models() else timm.create_model(name)
     return model.eval()
@@ -96,7 +96,7 @@ def _input_shape(model: nn.Module, batch: int, size: Optional[int]) -> tuple:
 def _prepare(model: nn.Module, path: str) -> tuple:
     """(model to run, context manager, input memory format, input dtype) for a path."""
     from .fast import input_memory_format, optimize_for_inference
-    from .utils import explicit_attention
+    from .flops import explicit_attention
 
     if path == "baseline":
         return model, explicit_attention(model), torch.contiguous_format, torch.float32
@@ -113,7 +113,7 @@ def bench_model(name: str, path: str = "eager", batch_size: int = 32, size: Opti
     """Measure one model on one path in this process (see the module docstring). ``peak_gflops`` defaults to a
     matmul measurement taken here, just before the model's; ``amp`` runs everything under bf16 autocast (fp16 on
     CUDA is not measured here)."""
-    from .utils import count_flops, explicit_attention
+    from .flops import count_flops, explicit_attention
 
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
@@ -239,7 +239,7 @@ def save_chart(report: Dict[str, Any], output: os.PathLike) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .checkpoint import atomic_path
+    from ._io import atomic_path
 
     rows = [r for r in report["results"] if "error" not in r]
     labels = [f"{r['model']} ({r['path']})" for r in rows]
@@ -261,7 +261,7 @@ def save_chart(report: Dict[str, Any], output: os.PathLike) -> Path:
 
 def write_report(report: Dict[str, Any], output_dir: os.PathLike) -> List[Path]:
     """``bench.json``, ``bench.md`` and ``bench.png`` in ``output_dir``."""
-    from .checkpoint import atomic_path
+    from ._io import atomic_path
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -300,7 +300,7 @@ def add_bench_parser(sub) -> None:
 
 
 def cmd_bench(args) -> int:
-    from . import resolve_model_name
+    from .models.factory import resolve_model_name
 
     paths = [s.strip() for s in args.paths.split(",") if s.strip()]
     unknown = [s for s in paths if s not in PATHS]

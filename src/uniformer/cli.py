@@ -57,7 +57,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 # ------------------------------------------------------------------------------------------------------- models
 def _gflops(model: torch.nn.Module, size: Sequence[int]) -> float:
-    from .utils import count_flops
+    from .flops import count_flops
 
     return count_flops(model, (1, *size)) / 1e9
 
@@ -105,7 +105,7 @@ def dense_models_table(pattern: str = "*", flops: Optional[bool] = None) -> Mode
 def models_table(pattern: str = "*", flops: Optional[bool] = None) -> ModelsTable:
     """The registered models (header, rows, left-aligned columns, footer): params, GFLOPs (unless ``flops=False``),
     default input, checkpoint tags."""
-    from . import checkpoint_tags, create_model, list_models
+    from .models.factory import checkpoint_tags, create_model, list_models
 
     names = list_models(pattern)
     if not names:
@@ -135,8 +135,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     import timm
 
-    from . import create_model, list_models
-    from .utils import count_params
+    from .models.factory import create_model, list_models
+    from .flops import count_params
 
     model = create_model(args.model)
     size = default_input(model, args.input_size)
@@ -255,7 +255,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------- train / eval / plot
 def cmd_train(args: argparse.Namespace) -> int:
-    from . import resolve_model_name
+    from .models.factory import resolve_model_name
     from .engine.config import config_from_args, load_yaml
     from .engine.trainer import train
 
@@ -272,7 +272,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .checkpoint import read_model_config
+    from .models.weights import read_model_config
     from .engine.checkpointing import resolve_checkpoint_path
     from .engine.trainer import evaluate_checkpoint, run_data
 
@@ -387,7 +387,7 @@ def cmd_predict_video(args: argparse.Namespace) -> int:
 
 
 def cmd_visualize_tokens(args: argparse.Namespace) -> int:
-    from . import create_model
+    from .models.factory import create_model
     from .visualize import save_token_attention_grid
 
     if args.checkpoint:

@@ -50,6 +50,7 @@ import json
 import logging
 import os
 import warnings
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -57,8 +58,8 @@ import torch
 import torch.nn as nn
 from torchvision.models.detection import MaskRCNN
 
-from . import __version__, create_model
-from .checkpoint import atomic_path
+from .models.factory import create_model
+from ._io import atomic_path
 from .engine.config import multiple_of_32
 from .engine.inference import default_input, load_model_for_inference, official_model
 from .tasks.detection import SingleImageMaskRCNN
@@ -238,7 +239,7 @@ def _randn(*shape: int, seed: int) -> torch.Tensor:
 def _task_contract(model: nn.Module) -> Dict[str, Any]:
     cfg = dict(model.task_config)
     data = dict(cfg.get("data_config") or {})
-    return {"exported_by": f"uniformer {__version__}", "task": cfg["task"], "architecture": cfg.get("architecture"),
+    return {"exported_by": f"uniformer {version('uniformer')}", "task": cfg["task"], "architecture": cfg.get("architecture"),
             "official": bool(cfg.get("official_model")), "official_name": cfg.get("official_name"),
             "num_classes": cfg.get("num_classes"), "label_names": cfg.get("label_names"), "data_config": data}
 
@@ -347,7 +348,7 @@ def _mmdet_spec(model: nn.Module, batch_size: int, size: Optional[int]) -> Expor
 def _classifier_spec(model: nn.Module, example: torch.Tensor, dynamic: bool) -> ExportSpec:
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     video = example.ndim == 5
-    contract = {"exported_by": f"uniformer {__version__}",
+    contract = {"exported_by": f"uniformer {version('uniformer')}",
                 "task": "video classification" if video else "classification",
                 "architecture": cfg.get("architecture") or type(model).__name__,
                 "num_classes": getattr(model, "num_classes", None),
@@ -632,9 +633,9 @@ def export_torchscript(
 # --------------------------------------------------------------------------------------------------- safetensors
 def _weights_contract(model: nn.Module) -> Dict[str, Any]:
     if _task(model):
-        return {"exported_by": f"uniformer {__version__}", "task": _task(model), "config": dict(model.task_config)}
+        return {"exported_by": f"uniformer {version('uniformer')}", "task": _task(model), "config": dict(model.task_config)}
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    return {"exported_by": f"uniformer {__version__}", "task": "classification",
+    return {"exported_by": f"uniformer {version('uniformer')}", "task": "classification",
             "architecture": cfg.get("architecture") or type(model).__name__,
             "num_classes": getattr(model, "num_classes", None),
             "label_names": list(cfg["label_names"]) if cfg.get("label_names") else None,

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from .checkpoint import atomic_path
+from ._io import atomic_path
 from .data import load_image
 from .layers.vt import FilterTokenizer
 

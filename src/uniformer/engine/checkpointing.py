@@ -33,7 +33,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..checkpoint import SAFE_GLOBALS, atomic_path, save_pretrained
+from ..models.weights import SAFE_GLOBALS, save_pretrained
+from .._io import atomic_path
 
 __all__ = ["RunDir", "RunLock", "claim_run", "rng_state", "set_rng_state", "resolve_checkpoint_path",
            "TRAINING_STATE", "LOCK_FILE"]

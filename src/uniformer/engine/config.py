@@ -490,7 +490,7 @@ def load_yaml(path: str | Path) -> Dict[str, Any]:
 
 
 def save_yaml(config: TrainConfig, path: str | Path) -> None:
-    from ..checkpoint import atomic_path
+    from .._io import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -409,7 +409,7 @@ def _init_task_weights(model: nn.Module, path: str, log: Callable[[str], None]) 
     """Start from weights: a saved task model of the same kind (every tensor whose name and shape match), else an
     official dense or ImageNet checkpoint for the backbone (``load_checkpoint``: ``backbone.`` prefixes, dropped
     heads, missing dense norms)."""
-    from ..checkpoint import load_checkpoint, read_checkpoint, read_model_config
+    from ..models.weights import load_checkpoint, read_checkpoint, read_model_config
     from ..tasks.build import task_backbone
 
     from .checkpointing import resolve_checkpoint_path

@@ -19,9 +19,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from .. import create_model, load_checkpoint
-from ..checkpoint import SAFE_GLOBALS, atomic_path, load_pretrained, read_checkpoint, read_model_config
-from ..convert import unwrap_state_dict
+from .._io import atomic_path
+from ..models.convert import unwrap_state_dict
+from ..models.factory import create_model
+from ..models.weights import SAFE_GLOBALS, load_checkpoint, read_checkpoint, read_model_config
+from ..tasks.build import load_pretrained
 from ..data.datasets import IMG_EXTENSIONS
 from ..models.uniformer_video import video_protocol
 from ..tasks.official import from_official_config

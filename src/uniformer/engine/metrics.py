@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
-from ..checkpoint import atomic_path
+from .._io import atomic_path
 
 __all__ = ["MetricsLogger", "read_metrics", "plot_run", "accuracy_counts"]
 

@@ -25,8 +25,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
-from .. import create_model, load_checkpoint
 from ..models import TokenLabelingOutput
+from ..models.factory import create_model
+from ..models.weights import load_checkpoint
 from ..data import DIGITS, DropBadCollate, build_image_dataset
 from ..data.frames import DEFAULT_FRAME_START, DEFAULT_FRAME_TEMPLATE
 from .checkpointing import RunDir, RunLock, claim_run, resolve_checkpoint_path, rng_state, set_rng_state
@@ -182,8 +183,8 @@ def build_transforms(config: TrainConfig, model: nn.Module) -> Tuple[Callable, C
 def init_weights(model: nn.Module, path: str, log: Callable[[str], None] = print) -> None:
     """Start from a checkpoint: ours or official (``load_checkpoint``, heads re-initialised on a class-count change,
     image weights inflated for video models), or a torchvision ResNet for a VT-ResNet trunk."""
-    from ..checkpoint import read_checkpoint
-    from ..convert import unwrap_state_dict
+    from ..models.weights import read_checkpoint
+    from ..models.convert import unwrap_state_dict
     from ..models.vt_resnet import VTResNet, is_torchvision_resnet, load_torchvision_trunk
 
     raw = read_checkpoint(path)
@@ -493,7 +494,7 @@ def restore_training_state(state: Dict[str, Any], model: nn.Module, optimizer: t
     """Load a ``last`` checkpoint's weights, optimiser, schedule, scaler, EMA and RNG state; returns the epoch to
     start from."""
     if getattr(model, "task_config", None) is not None:  # dense task models: names as saved
-        from ..checkpoint import load_task_weights
+        from ..models.weights import load_task_weights
 
         load_task_weights(model, state["path"])
     else:

@@ -17,7 +17,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._builder import pretrained_cfg_for_features
 from timm.models._features import feature_take_indices
 
-from ..convert import checkpoint_filter_fn
+from .convert import checkpoint_filter_fn
 from ..layers import (CheckpointedBlock, ConvDown, ConvStem, GlobalBlock, LocalBlock, PatchEmbed, batch_norm_nd,
                       check_dims, is_tracing)
 from .common import ClassifierAPI, check_global_pool, check_input_dtype

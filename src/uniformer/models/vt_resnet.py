@@ -219,8 +219,8 @@ class TrunkLoadResult(NamedTuple):
 def load_torchvision_trunk(model: VTResNet, source: Union[str, os.PathLike, Mapping[str, torch.Tensor], nn.Module]) -> TrunkLoadResult:
     """Copy a torchvision ResNet's ``conv1``/``bn1``/``layer1-3`` weights (a model, a state dict or a local file)
     into ``model``'s trunk; ``layer4``/``fc`` are skipped by design. Fails listing missing or mis-shaped trunk keys."""
-    from ..checkpoint import read_checkpoint
-    from ..convert import unwrap_state_dict
+    from .weights import read_checkpoint
+    from .convert import unwrap_state_dict
 
     if isinstance(source, nn.Module):
         sd = source.state_dict()

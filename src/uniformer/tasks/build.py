@@ -12,11 +12,14 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch.nn as nn
 
+from .._io import PathLike
+from ..models.factory import create_model, resolve_model_name
+from ..models.weights import load_checkpoint, load_task_weights, read_model_config
 from .official import from_official_config
 from .segmentation import backbone_channels
 
-__all__ = ["DENSE_TASKS", "LEGACY_DENSE_NAMES", "build_backbone", "backbone_channels", "build_task_model", "model_from_config",
-           "task_backbone"]
+__all__ = ["DENSE_TASKS", "LEGACY_DENSE_NAMES", "build_backbone", "backbone_channels", "build_task_model",
+           "model_from_config", "task_backbone", "load_pretrained"]
 
 DENSE_TASKS = ("segmentation", "detection", "pose")
 
@@ -29,8 +32,6 @@ def build_backbone(name: str, model_args: Optional[Mapping[str, Any]] = None, dr
     """A backbone returning its stride 4/8/16/32 maps: timm's ``features_only=True`` on a model name. UniFormer
     image models give their dense backbone (the official ``norm1..4`` on every stage; ``model_args`` may set
     ``windows``/``hybrid``/``window_size``, ``out_indices``, ``frozen_stages``, ``norm_eval``)."""
-    from .. import create_model, resolve_model_name
-
     arch, dot, tag = name.partition(".")
     name = LEGACY_DENSE_NAMES.get(arch, arch) + dot + tag
     resolve_model_name(name)  # unknown names: one line with close-name suggestions
@@ -137,3 +138,23 @@ def model_from_config(config: Mapping[str, Any]) -> nn.Module:
     return build_task_model(config["task"], config["architecture"], int(config["num_classes"]),
                             model_args=config.get("model_args"), head_args=config.get("head_args"),
                             data_config=config.get("data_config"), label_names=config.get("label_names"))
+
+
+def load_pretrained(path: PathLike, **overrides: Any) -> nn.Module:
+    """Build the model described by a saved folder's ``config.json`` and load its weights (see :func:`uniformer.save_pretrained`): a classifier, or a dense task model from its task config."""
+    config = read_model_config(path)
+    if config is None:
+        raise FileNotFoundError(f"no config.json in {path}: pass the model name and use load_checkpoint instead")
+    if config.get("task"):  # a dense task model: rebuild it from its own config, load its weights strictly
+        model = model_from_config(config)
+        load_task_weights(model, path)
+        return model
+    kwargs = dict(config.get("model_args", {}), num_classes=config.get("num_classes", 1000))
+    kwargs.update(overrides)
+    saved_cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in config.get("pretrained_cfg", {}).items()}
+    model = create_model(config["architecture"], pretrained_cfg_overlay=saved_cfg, **kwargs)
+    load_checkpoint(model, path)
+    labels = config.get("label_names") or config.get("pretrained_cfg", {}).get("label_names")
+    if labels:
+        model.pretrained_cfg = dict(model.pretrained_cfg, label_names=tuple(labels))
+    return model

@@ -22,7 +22,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from PIL import Image
 
-from ..checkpoint import atomic_path
+from .._io import atomic_path
 
 __all__ = [
     "load_coco",

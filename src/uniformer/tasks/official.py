@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from ..checkpoint import read_checkpoint
+from ..models.weights import read_checkpoint
 from ..data.mm_pipelines import ade20k_class_names
 from . import mmdet_rcnn, pose, seg_heads
 from .mmconfig import read_mm_config

@@ -14,7 +14,7 @@ from typing import Any, Dict, Mapping, Sequence, Tuple
 
 import torch.nn as nn
 
-from .. import create_model
+from ..models.factory import create_model
 
 __all__ = ["build_official_backbone", "official_backbone_name"]
 

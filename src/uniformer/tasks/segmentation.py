@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
 
-from ..checkpoint import atomic_path
+from .._io import atomic_path
 from ..data import BadSample, load_image
 from .seg_heads import AUX_LOSS_WEIGHT, ConvBNReLU, FCNAuxHead, FPNHead, UperNetHead
 from .vt_fpn import ConvFPNNeck, SemanticFPNHead, VTFPNNeck, check_feature_levels

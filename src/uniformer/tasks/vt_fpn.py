@@ -230,7 +230,7 @@ def fpn_neck_macs(neck: nn.Module, image_size: Tuple[int, int] = (800, 1216),
     """fvcore MACs of one eval-mode forward of a pyramid ``neck`` alone (batch 1) on zero C2–C5 maps shaped as
     torchvision ResNet produces them for an ``image_size`` (H, W) input (:func:`resnet_level_shapes`, strides 4–32).
     ``in_channels`` defaults to the neck's own ``in_channels`` (else ResNet-50's). Norm layers and upsampling count,
-    as in :func:`uniformer.utils.count_flops`; softmax and additions do not (fvcore's convention).
+    as in :func:`uniformer.flops.count_flops`; softmax and additions do not (fvcore's convention).
     """
     with warnings.catch_warnings():  # fvcore scripts a loss function at import; torch deprecates jit.script
         warnings.simplefilter("ignore", FutureWarning)

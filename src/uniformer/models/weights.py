@@ -1,4 +1,5 @@
-"""Reading weight files safely and loading them into models with a loud key report.
+"""Weights in and out: reading files safely, loading them into models with a loud key report, and saving a model
+as a folder (``config.json`` + ``model.safetensors``) that timm and the Hugging Face Hub read.
 
 Every file is read with ``torch.load(weights_only=True)`` (pickles that would run code are refused) or with
 safetensors. Official training checkpoints also pickle an ``argparse.Namespace``; it is allow-listed because it
@@ -7,29 +8,27 @@ only holds plain values.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 
+from .._io import PathLike, atomic_path
 from .convert import convert_state_dict
 
 __all__ = [
-    "read_checkpoint", "load_checkpoint", "LoadResult", "atomic_path", "save_pretrained", "load_pretrained",
-    "read_model_config", "HUB_FILES",
+    "read_checkpoint", "load_checkpoint", "LoadResult", "save_pretrained", "read_model_config", "load_task_weights",
+    "HUB_FILES", "SAFE_GLOBALS",
 ]
 
 _logger = logging.getLogger("uniformer")
 
-PathLike = Union[str, os.PathLike]
 SAFE_GLOBALS = [argparse.Namespace]
 # The files of a saved model folder (or a run's best/ and last/) that make a timm model repository on the Hugging Face
 # Hub, as timm's own save_for_hf writes it (+ an optional model card). Pass them as ``allow_patterns`` to
@@ -192,36 +191,6 @@ def load_checkpoint(
     return LoadResult(missing, unexpected, report.dropped_heads, report.dropped_tail, report.inflated)
 
 
-@contextlib.contextmanager
-def atomic_path(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path`` (never half-written).
-
-    If the body raises, the temporary file is removed and an existing ``path`` is left untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        # mkstemp creates 0600, and writers that replace the file (safetensors) create 0600 again: give the final
-        # file the usual permissions
-        os.chmod(tmp_path, 0o666 & ~umask)
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-
-
 def _save_weights(model: nn.Module, directory: Path) -> None:
     from safetensors.torch import save_file
 
@@ -302,27 +271,3 @@ def load_task_weights(model: nn.Module, path: PathLike) -> None:
         raise ValueError(f"{path} does not match its config.json ({type(model).__name__}): " + "; ".join(parts))
     _check_dtypes(state, own, f"{path} ({type(model).__name__})")
     model.load_state_dict(state)
-
-
-def load_pretrained(path: PathLike, **overrides: Any) -> nn.Module:
-    """Build the model described by a saved folder's ``config.json`` and load its weights (see :func:`save_pretrained`)."""
-    from . import create_model
-
-    config = read_model_config(path)
-    if config is None:
-        raise FileNotFoundError(f"no config.json in {path}: pass the model name and use load_checkpoint instead")
-    if config.get("task"):  # a dense task model: rebuild it from its own config, load its weights strictly
-        from .tasks.build import model_from_config
-
-        model = model_from_config(config)
-        load_task_weights(model, path)
-        return model
-    kwargs = dict(config.get("model_args", {}), num_classes=config.get("num_classes", 1000))
-    kwargs.update(overrides)
-    saved_cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in config.get("pretrained_cfg", {}).items()}
-    model = create_model(config["architecture"], pretrained_cfg_overlay=saved_cfg, **kwargs)
-    load_checkpoint(model, path)
-    labels = config.get("label_names") or config.get("pretrained_cfg", {}).get("label_names")
-    if labels:
-        model.pretrained_cfg = dict(model.pretrained_cfg, label_names=tuple(labels))
-    return model
