@@ -21,6 +21,7 @@ def image(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_models_table_lists_every_model_with_flops():
     out = run_cli("models", "uniformer_xx*").stdout
     assert "uniformer_xxs" in out and "10.22" in out and "1.306" in out and "in1k_128" in out
@@ -34,6 +35,23 @@ def test_info():
     assert "uniformer_small_plus.in1k" in out
 
 
+@pytest.mark.parametrize("name, lines", [
+    ("vt_resnet18", ["trunk       torchvision resnet18, stages 1-3", "tokens      16 x 1024", "vt_resnet18.untrained"]),
+    ("uniformer_xxs", ["head_dim    28", "prune_ratio [[], [], [1.0, 0.5", "uniformer_xxs.in1k_128"]),
+    ("uniformer_video_xxs", ["GFLOPs      1.003 at 16x64x64", "uniformer_video_xxs.k400_4f_128"]),
+    ("uniformer_small_tl", ["return_dense True", "uniformer_small_tl.in1k_384"]),
+])
+def test_info_works_for_every_family(name, lines, capsys):
+    """``uniformer info`` of one model per family (VT-ResNet, light, video, token labeling), in this process."""
+    from uniformer.cli import main
+
+    assert main(["info", name, "--input-size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{name}  (") and "  params      " in out and "  features    channels [" in out
+    assert all(line in out for line in lines), out
+
+
+@pytest.mark.slow
 def test_predict_official_style_checkpoint_with_imagenet_names(tmp_path, image):
     torch.manual_seed(0)
     model = uniformer.create_model("uniformer_xxs", **dict(TINY_LIGHT, num_classes=1000)).eval()
@@ -61,6 +79,7 @@ def uniformer_transform(model, image):
     return create_transform(**cfg)(uniformer.data.load_image(image)).unsqueeze(0)
 
 
+@pytest.mark.slow
 def test_predict_with_labels_file_and_weights_file(tmp_path, image):
     model = uniformer.create_model("uniformer_small", **dict(TINY, num_classes=3)).eval()
     uniformer.save_pretrained(model, tmp_path / "m", label_names=["cat", "dog", "eel"])
@@ -73,6 +92,7 @@ def test_predict_with_labels_file_and_weights_file(tmp_path, image):
                    "has 2 names but the model has 3 classes")
 
 
+@pytest.mark.slow
 def test_bad_input_gives_one_line_errors(tmp_path, image):
     one_line_error(run_cli("info", "uniformer_smal", check=False), "unknown model 'uniformer_smal'", "did you mean uniformer_small")
     one_line_error(run_cli("predict", "--model", "uniformer_small", "--checkpoint", str(tmp_path / "x.pth"), str(image),
@@ -91,6 +111,7 @@ def test_bad_input_gives_one_line_errors(tmp_path, image):
     one_line_error(proc, "uniformer predict: error: argument --topk: must be a positive integer, got 0")
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "uniformer.demo", "--output", str(tmp_path), "--epochs", "1"],
                           capture_output=True, text=True, timeout=600)

@@ -63,6 +63,7 @@ def test_version_line_names_the_installed_versions():
     assert _output(uniformer_cli.main, ["--version"]).strip() == line
 
 
+@pytest.mark.slow
 def test_answers_without_importing_torch_and_delegates_the_rest(tmp_path):
     script = ("import sys, uniformer_cli\n"
               "for argv in (['--help'], ['--version'], ['models', '--no-flops'], ['models', '--task', 'dense']):\n"

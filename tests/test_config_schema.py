@@ -248,6 +248,7 @@ def test_fields_added_with_option_get_a_check_from_their_type():
         schema(Unchecked)
 
 
+@pytest.mark.slow
 def test_real_processes_print_one_line_and_exit_2(tmp_path):
     proc = run_cli("info", "uniformer_small", "--input-size", "-64", check=False)
     assert proc.returncode == 2 and proc.stdout == ""
@@ -259,6 +260,7 @@ def test_real_processes_print_one_line_and_exit_2(tmp_path):
     assert proc.stderr == f"uniformer: error: lr in {config} must be a positive number, got 'fast'\n"
 
 
+@pytest.mark.slow
 def test_yaml_numbers_as_strings_train_end_to_end(tmp_path):
     config, run = tmp_path / "opts.yaml", tmp_path / "run"
     config.write_text(f"lr: 5e-4\nepochs: \"1\"\nbatch_size: \"128\"\nworkers: 0\nwarmup_epochs: 0\nimg_size: 32\n"

@@ -43,6 +43,7 @@ def test_light_dense_params(name, params):
     assert uniformer.count_params(uniformer.create_model(name, features_only=True)) == params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kwargs,size,gflops", [({}, (512, 512), 23.55), ({"hybrid": True}, (512, 512), 22.67),
                                                 ({"windows": True}, (512, 512), 22.37),
                                                 ({"hybrid": True}, (800, 1280), 99.04)])
@@ -118,3 +119,23 @@ def test_out_indices_frozen_stages_norm_eval_and_checkpointing():
         uniformer.create_model("uniformer_small", features_only=True, out_indices=(4,))
     with pytest.raises(ValueError, match="no classifier"):
         model.reset_classifier(10)
+
+
+def test_any_timm_model_with_stride_4_to_32_maps_is_a_dense_backbone():
+    from uniformer.tasks.build import build_backbone, build_task_model, model_from_config
+
+    backbone = build_backbone("resnet18")
+    assert backbone.feature_info.reduction() == [4, 8, 16, 32]
+    x = torch.randn(1, 3, 64, 64)
+    for task, head_args in (("segmentation", {}), ("pose", {}), ("detection", {"detector": "mask_rcnn"})):
+        model = build_task_model(task, "resnet18", 3, head_args=head_args,
+                                 data_config={"min_size": 64, "max_size": 64}).eval()
+        rebuilt = model_from_config(model.task_config)
+        assert rebuilt.state_dict().keys() == model.state_dict().keys()
+        with torch.no_grad():
+            out = model([x[0]]) if task == "detection" else model(x)
+        assert out is not None
+    with pytest.raises(ValueError, match=r"vit_tiny_patch16_224 cannot serve as a dense backbone: .*strides \[16, 16, 16\]"):
+        build_backbone("vit_tiny_patch16_224")
+    with pytest.raises(ValueError, match="unknown model 'resnet1'"):
+        build_backbone("resnet1")

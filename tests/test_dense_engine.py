@@ -64,6 +64,7 @@ def assert_png(path: Path, size) -> None:
         assert img.format == "PNG" and img.size == size
 
 
+@pytest.mark.slow
 def test_segmentation_train_eval_predict_resume(data, tmp_path):
     run = tmp_path / "seg"
     out = cli("train", *SEG, "--data", str(data["segmentation"]), "--epochs", "2", "--output", str(run)).stdout
@@ -94,6 +95,7 @@ def test_segmentation_train_eval_predict_resume(data, tmp_path):
         assert model.eval()(torch.randn(1, 3, 70, 90)).shape == (1, 3, 70, 90)
 
 
+@pytest.mark.slow
 def test_segmentation_learns_through_the_engine(data, tmp_path):
     """40 epochs of 2 steps on 4 images: the validation mIoU rises well above the all-background prediction (28.7:
     what the untrained model scores); measured 51 at lr 1e-2 in ~15 s."""
@@ -103,6 +105,7 @@ def test_segmentation_learns_through_the_engine(data, tmp_path):
     assert best > 40.0, out[-1500:]
 
 
+@pytest.mark.slow
 def test_detection_train_eval_predict(data, tmp_path):
     run = tmp_path / "det"
     out = cli("train", *DET, "--data", str(data["detection"]), "--epochs", "2", "--lr", "1e-3",
@@ -119,6 +122,7 @@ def test_detection_train_eval_predict(data, tmp_path):
     assert_png(tmp_path / "img1_detection.png", (test_detection.W, test_detection.H))
 
 
+@pytest.mark.slow
 def test_pose_train_eval_predict_and_initialise_from_a_run(data, tmp_path):
     run = tmp_path / "pose"
     out = cli("train", *POSE, "--data", str(data["pose"]), "--epochs", "2", "--output", str(run)).stdout
@@ -138,6 +142,7 @@ def test_pose_train_eval_predict_and_initialise_from_a_run(data, tmp_path):
     assert f"initialised {total}/{total} tensors" in again
 
 
+@pytest.mark.slow
 def test_torchrun_segmentation_two_processes(data, tmp_path):
     """Two gloo processes: metrics are reduced over both ranks' images, so the printed mIoU equals a one-process
     `uniformer eval` of the saved checkpoint."""
@@ -152,6 +157,7 @@ def test_torchrun_segmentation_two_processes(data, tmp_path):
     assert cli("eval", "--checkpoint", str(run)).stdout.splitlines()[0] == printed_metrics(proc.stdout, "mIoU")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, fragments", [
     (["--task", "detection", "--data", "{segmentation}"], ["no annotation file", "instances_train*.json"]),
     (["--task", "pose", "--data", "{missing}"], ["data folder not found"]),
@@ -170,6 +176,7 @@ def test_bad_dense_configuration_is_one_line(data, tmp_path, args, fragments):
         one_line_error(proc, *fragments)
 
 
+@pytest.mark.slow
 def test_predict_box_needs_a_pose_model(data, tmp_path):
     run = tmp_path / "seg"
     cli("train", *SEG, "--data", str(data["segmentation"]), "--epochs", "1", "--output", str(run))

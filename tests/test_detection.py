@@ -19,7 +19,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from conftest import STANDIN_CHANNELS, StandInBackbone
 
 import uniformer
-from uniformer.tasks.coco import load_coco
+from uniformer.data.coco import load_coco
 from uniformer.tasks.detection import (
     CocoDetection,
     RandomHorizontalFlip,
@@ -266,6 +266,7 @@ def test_mask_rcnn_defaults_follow_the_recipe():
         build_mask_rcnn(StandIn(), CHANNELS, num_classes=1)
 
 
+@pytest.mark.slow
 def test_mask_rcnn_with_uniformer_trains_and_predicts(det_data):
     torch.manual_seed(0)
     ds = CocoDetection(det_data["root"], det_data["json"])
@@ -370,6 +371,7 @@ def test_detection_overlay_is_written_as_png(det_data, tmp_path):
 # ------------------------------------------------------------------------------------------------- overfit ------
 
 
+@pytest.mark.slow
 def test_mask_rcnn_overfits_one_batch(det_data):
     """Mask R-CNN (stand-in backbone, FPN and mask head narrowed to 64 channels for CPU speed) trained with Adam on
     one batch of 2 images must detect its own training objects: box AP ≥ 50 through coco_results + evaluate_coco

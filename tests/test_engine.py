@@ -19,10 +19,10 @@ from safetensors.torch import load_file
 
 from conftest import one_line_error, run_cli
 
-from uniformer.engine.checkpointing import RunDir
+from uniformer.engine.rundir import RunDir
 from uniformer.engine.config import TrainConfig, load_yaml
-from uniformer.engine.trainer import compute_loss
-from uniformer.models import TokenLabelingOutput
+from uniformer.engine.classification import compute_loss
+from uniformer.models import LightTrainingOutput, TokenLabelingOutput
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_ARGS = json.dumps({"depth": [1, 1, 3, 2], "embed_dim": [16, 32, 64, 128], "head_dim": 16})
@@ -45,6 +45,7 @@ def weights(run: Path) -> dict:
     return load_file(str(run / "last" / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_short_training_learns_and_eval_reproduces_printed_accuracy(tmp_path):
     run = tmp_path / "run"
     out = cli("train", *TINY, "--epochs", "2", "--workers", "0", "--output", str(run)).stdout
@@ -62,6 +63,7 @@ def test_short_training_learns_and_eval_reproduces_printed_accuracy(tmp_path):
     assert re.search(r"1\.\s+[\d.]+%\s+\d$", pred.strip().splitlines()[-1])  # a digit class name
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_weights(tmp_path):
     args = [*TINY, "--epochs", "3", "--workers", "2", "--mixup", "0.8", "--cutmix", "1.0", "--drop-path", "0.1",
             "--model-ema", "--aa", "rand-m9-mstd0.5-inc1", "--reprob", "0.25"]
@@ -85,6 +87,7 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     assert strip((full / "metrics.csv").read_text()) == strip((killed / "metrics.csv").read_text())
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_gloo(tmp_path):
     run = tmp_path / "ddp"
     proc = subprocess.run(
@@ -113,6 +116,7 @@ def _image_folder(root: Path, classes=("cat", "dog"), per_class=6) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_image_folder_training_with_yaml_config_and_flag_override(tmp_path):
     data = _image_folder(tmp_path / "data")
     config = tmp_path / "opts.yaml"
@@ -127,6 +131,7 @@ def test_image_folder_training_with_yaml_config_and_flag_override(tmp_path):
     assert "cat" in pred and "dog" in pred
 
 
+@pytest.mark.slow
 def test_bad_configuration_gives_one_line_errors(tmp_path):
     one_line_error(cli("train", "--model", "uniformer_smal", check=False), "unknown model 'uniformer_smal'",
                    "did you mean uniformer_small")
@@ -152,6 +157,7 @@ def test_bad_configuration_gives_one_line_errors(tmp_path):
     one_line_error(proc, "--epochs must be a positive integer, got 'many'")
 
 
+@pytest.mark.slow
 def test_help_documents_every_option():
     text = cli("train", "--help").stdout
     for name in TrainConfig.__dataclass_fields__:
@@ -183,7 +189,7 @@ def test_loss_for_every_output_family():
     loss, used = compute_loss(logits, target, criterion)
     assert torch.equal(used, logits) and torch.isclose(loss, criterion(logits, target))
     head, head_cls = torch.randn(2, 3), torch.randn(2, 3)
-    loss, used = compute_loss((head, head_cls), target, criterion)
+    loss, used = compute_loss(LightTrainingOutput(head, head_cls), target, criterion)
     assert torch.equal(used, head)
     assert torch.isclose(loss, 0.5 * criterion(head, target) + 0.5 * criterion(head_cls, target))
     aux = torch.randn(2, 4, 3)
@@ -204,6 +210,7 @@ def test_sample_config_file_is_valid_and_matches_the_demo():
     assert load_yaml(REPO / "configs" / "digits_uniformer_xxs.yaml") == RECIPE
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_naming_the_step(tmp_path):
     proc = cli("train", *TINY, "--epochs", "1", "--workers", "0", "--lr", "1e30", "--warmup-epochs", "0",
                "--output", str(tmp_path / "run"), check=False)
@@ -211,6 +218,7 @@ def test_nan_loss_stops_naming_the_step(tmp_path):
     assert not (tmp_path / "run" / "last").exists()
 
 
+@pytest.mark.slow
 def test_amp_channels_last_grad_checkpointing_clipping_and_progress_bar(tmp_path):
     proc = cli("train", *TINY, "--epochs", "1", "--workers", "0", "--amp", "--channels-last", "--grad-checkpointing",
                "--clip-grad", "1.0", "--progress", "true", "--output", str(tmp_path / "run"))

@@ -1,7 +1,6 @@
 """Deployment export: ONNX (onnxruntime, dynamic batch), TorchScript and safetensors for every model family."""
 from __future__ import annotations
 
-import argparse
 import os
 
 import numpy as np
@@ -12,9 +11,8 @@ import torch.nn as nn
 from conftest import TINY
 
 import uniformer
-from uniformer.export import (
-    add_export_parser, example_input, export_model, export_onnx, export_safetensors, export_torchscript,
-)
+from uniformer.cli import build_parser
+from uniformer.export import example_input, export_model, export_onnx, export_safetensors, export_torchscript
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 
@@ -79,6 +77,7 @@ def assert_matches(got: list, expected: list, atol: float = 1e-4) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------------- ONNX
+@pytest.mark.slow
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_onnx_matches_eager_at_two_batch_sizes(family, tmp_path):
     model = build(family)
@@ -203,19 +202,12 @@ def test_unknown_format_is_a_value_error(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="uniformer")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_export_parser(sub)
-    return parser
-
-
 def test_cli_export_end_to_end(tmp_path, capsys):
     from uniformer.models.weights import save_pretrained
 
     model = build("light")
     saved = save_pretrained(model, tmp_path / "saved")
-    parser = _parser()
+    parser = build_parser()
 
     out = tmp_path / "deploy" / "light.pt"
     args = parser.parse_args(["export", "--checkpoint", str(saved), "--format", "torchscript", "--output", str(out),

@@ -85,6 +85,7 @@ def test_only_the_classifier_norm_is_left():
     assert left == ["norm"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("label", ["image", "hourglass"])
 def test_compiled_fast_path_equals_eager(label):
     name, kwargs, shape = FAMILIES[label]
@@ -112,6 +113,7 @@ def test_reparameterize_refuses_training_mode():
         reparameterize(uniformer.create_model("uniformer_small", **TINY))
 
 
+@pytest.mark.slow
 def test_bench_cli_writes_table_json_and_chart(tmp_path):
     """`uniformer bench` end to end on a small input (numbers are machine-dependent: only their presence and
     consistency are checked, never a timing)."""
@@ -135,6 +137,7 @@ def test_bench_cli_writes_table_json_and_chart(tmp_path):
         assert img.format == "PNG"
 
 
+@pytest.mark.slow
 def test_bench_rejects_unknown_paths_and_models(tmp_path):
     from conftest import one_line_error, run_cli
 

@@ -22,6 +22,7 @@ EXPECTED_GFLOPS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(EXPECTED_GFLOPS))
 def test_flops_at_224_within_one_percent(name):
     model = uniformer.create_model(name)
@@ -37,6 +38,7 @@ def test_light_flops_at_lower_resolutions():
         assert uniformer.count_flops(model, (1, 3, size, size)) / 1e9 == pytest.approx(expected, rel=0.01)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,expected", [("uniformer_small", 11.869), ("uniformer_base", 27.210)])
 def test_flops_at_384(name, expected):
     model = uniformer.create_model(name)
@@ -51,6 +53,7 @@ def _plain_fvcore(model, x) -> int:
     return int(analysis.total())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in uniformer.list_models() if not n.startswith("vt_")])
 def test_plain_fvcore_counts_attention_like_count_flops(name):
     """``FlopCountAnalysis(model, x)`` without our helper: traced models take the explicit attention path (fvcore

@@ -30,7 +30,8 @@ from timm.models._hub import save_for_hf
 
 import uniformer
 from uniformer.models.weights import HUB_FILES
-from uniformer.models.uniformer_video import HUB_VIDEO, kinetics400_classes, kinetics600_classes, video_protocol
+from uniformer.models.uniformer_video import (HUB_VIDEO, VideoProtocol, kinetics400_classes, kinetics600_classes,
+                                              video_protocol)
 from uniformer.tasks.build import build_task_model
 
 HUB_IMAGE = "Sense-X/uniformer_image"
@@ -69,16 +70,16 @@ def test_standard_video_tags_name_the_official_hub_files(size):
         assert (cfg["hf_hub_id"], cfg["hf_hub_filename"]) == (HUB_VIDEO, filename.replace("small", size)), tag
         proto = video_protocol(cfg)
         frames = int(tag.split("_")[1].split("x")[0])
-        assert "head_dim=64" in cfg["notes"] and proto["frames"] == frames, tag
+        assert "head_dim=64" in cfg["notes"] and proto.frames == frames, tag
         assert cfg["mean"] == (0.45, 0.45, 0.45) and cfg["std"] == (0.225, 0.225, 0.225)
         assert cfg["input_size"] == (3, 224, 224) and cfg["crop_pct"] == 1.0
         if tag.startswith("ssv"):
-            assert cfg["num_classes"] == 174 and proto["sampler"] == "segment" and proto["views"] == "1x3"
+            assert cfg["num_classes"] == 174 and proto.sampler == "segment" and proto.views == "1x3"
             assert cfg.get("label_names") is None  # no offline source for the Something-Something label list
         else:
             k = 400 if tag.startswith("k400") else 600
-            assert cfg["num_classes"] == k and proto["sampler"] == "dense" and proto["views"] == "4x1"
-            assert proto["stride"] == int(tag.split("x")[1])
+            assert cfg["num_classes"] == k and proto.sampler == "dense" and proto.views == "4x1"
+            assert proto.stride == int(tag.split("x")[1])
             assert tuple(cfg["label_names"]) == (kinetics400_classes() if k == 400 else kinetics600_classes())
 
 
@@ -114,6 +115,7 @@ def test_kinetics600_names_ship_as_package_data():
     assert any(fnmatch("models/kinetics600_classes.txt", p) for p in patterns), patterns
 
 
+@pytest.mark.slow
 def test_predict_video_with_an_official_style_k600_checkpoint_prints_kinetics600_names(tmp_path):
     torch.manual_seed(0)
     state = uniformer.create_model("uniformer_video_small", num_classes=600).state_dict()
@@ -194,6 +196,7 @@ except FileNotFoundError as e:
 """
 
 
+@pytest.mark.slow
 def test_pretrained_tags_load_official_files_from_the_offline_hf_cache(tmp_path, official_keys):
     cache = tmp_path / "hf" / "hub"
     image = fake_state_dict(official_keys["image_light/uniformer_xxs"], seed=1)
@@ -243,6 +246,7 @@ def image_folder(root: Path, per_class: int = 4) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_training_run_checkpoint_loads_with_timm_local_dir_and_has_the_hub_layout(tmp_path):
     run = tmp_path / "run"
     run_cli("train", "--data", str(image_folder(tmp_path / "data")), *TINY_LIGHT_RUN, "--epochs", "1",
@@ -284,7 +288,7 @@ def test_video_folder_keeps_protocol_and_kinetics600_names_through_timm_local_di
     folder = uniformer.save_pretrained(model, tmp_path / "video", label_names=kinetics600_classes())
     theirs = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
     assert theirs.dims == 3 and theirs.head_dim == 16
-    assert video_protocol(theirs.pretrained_cfg) == dict(frames=16, stride=8, sampler="dense", views="4x1")
+    assert video_protocol(theirs.pretrained_cfg) == VideoProtocol(frames=16, stride=8, sampler="dense", views="4x1")
     assert tuple(theirs.pretrained_cfg["label_names"]) == kinetics600_classes()
     x = torch.randn(1, 3, 4, 32, 32)
     with torch.no_grad():

@@ -1,16 +1,15 @@
 """The official mmcv/mmpose test pipelines (cv2 on uint8) against the oracle's ``preprocess.pt``."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import REFERENCE
 
 from uniformer.data import mm_pipelines as mp
 
-FIXTURE = Path("/work/shared/reference/parity/dense_heads/preprocess.pt")
-pytestmark = pytest.mark.skipif(not FIXTURE.exists(), reason="preprocess.pt reference fixture not available")
+FIXTURE = REFERENCE / "parity" / "dense_heads" / "preprocess.pt"  # a hard requirement, as every official fixture
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,7 @@ def test_two_light_models_in_threads_match_sequential_runs():
             torch.testing.assert_close(out, alone[i], rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_light_model_traces_and_compiles():
     model = _light(0)
     x = torch.randn(2, 3, 64, 64)

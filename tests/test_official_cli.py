@@ -22,8 +22,8 @@ from test_segmentation import write_split as write_ade_split
 from uniformer.cli import main
 from uniformer.data.mm_pipelines import mmseg_test_input
 from uniformer.engine.official import evaluate_official
+from uniformer.tasks.mmseg import mmseg_inference
 from uniformer.tasks.official import from_official_config
-from uniformer.tasks.seg_heads import mmseg_inference
 
 FIXTURES = {"segmentation": "seg_fpn_hybrid", "detection": "det_mask_rcnn_hybrid", "pose": "pose_topdown_global"}
 # small test scales keep the tiny models fast; the pipelines' structure is that of the official test configs
@@ -186,6 +186,7 @@ def test_saved_official_model_round_trips_through_predict_and_eval(official, tmp
     assert outs[0] == outs[1]
 
 
+@pytest.mark.slow
 def test_bad_official_input_is_one_line(official, tmp_path, capsys):
     seg, det = official["segmentation"], official["detection"]
     evil = tmp_path / "evil.py"

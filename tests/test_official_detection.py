@@ -20,18 +20,14 @@ from test_dense_engine import TINY, cli
 from test_detection import rect_polygon
 from uniformer.tasks.build import build_task_model, model_from_config
 from uniformer.tasks.detection import CocoDetection, coco_results, collate_fn, evaluate_coco
-from uniformer.tasks.mmdet_rcnn import (
+from uniformer.tasks.mmdet_configs import (
     OFFICIAL_DETECTORS,
-    MMDetCascadeRCNN,
-    MMDetMaskRCNN,
-    build_mmdet_detector,
     cascade_task_config,
     coco80_class_names,
-    convert_mmdet_state_dict,
-    mmdet_num_parameters,
     official_detector_config,
-    to_mmdet_state_dict,
 )
+from uniformer.tasks.mmdet_rcnn import MMDetCascadeRCNN, MMDetMaskRCNN, build_mmdet_detector
+from uniformer.tasks.mmdet_weights import convert_mmdet_state_dict, mmdet_num_parameters, to_mmdet_state_dict
 from uniformer.tasks.official_backbone import build_official_backbone
 
 FIXTURES = ("det_mask_rcnn_hybrid", "det_cascade_mask_rcnn_hybrid")
@@ -319,6 +315,7 @@ def tiny_coco(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_cascade_trains_through_the_torchvision_interface(tiny_coco):
     """30 steps of 2 images: the summed loss falls and the box / mask AP on the training images is far above chance
     (measured: loss 4.1 → 2.7, bbox AP 42, AP50 91 in ~30 s)."""
@@ -374,6 +371,7 @@ def test_build_task_model_cascade_round_trips_its_config():
                          head_args=dict(detector="retinanet"))
 
 
+@pytest.mark.slow
 def test_cli_trains_and_resumes_a_cascade(tiny_coco, tmp_path):
     run = tmp_path / "cascade"
     head_args = json.dumps({k: v for k, v in TINY_HEADS.items()})

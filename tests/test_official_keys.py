@@ -22,6 +22,7 @@ OFFICIAL = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", sorted(OFFICIAL))
 def test_official_layout_loads_strictly_with_exact_param_count(entry, official_keys):
     name, params, wrapper = OFFICIAL[entry]

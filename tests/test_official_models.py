@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import REFERENCE
 
-from uniformer.tasks.mmdet_rcnn import mmdet_num_parameters
+from uniformer.tasks.mmdet_weights import mmdet_num_parameters
 from uniformer.tasks.official import from_official_config, load_official_checkpoint
 from uniformer.tasks.official_zoo import OFFICIAL_DENSE_CONFIGS
 
@@ -26,7 +26,7 @@ def test_fixture_config_and_official_checkpoint_load_strictly(name):
     model = from_official_config(f["config"], checkpoint=wrapped)
     assert not model.training and model.task_config["official_model"]["type"] == f["config"]["model"]["type"]
     if name.startswith("seg"):
-        from uniformer.tasks.seg_heads import mmseg_inference
+        from uniformer.tasks.mmseg import mmseg_inference
 
         out = mmseg_inference(model, f["input"], f["config"]["img_meta"]["ori_shape"][:2])
         torch.testing.assert_close(out["probs_ori"], f["outputs"]["probs_ori"], rtol=1e-4, atol=1e-4)
@@ -45,6 +45,7 @@ def test_config_file_with_code_is_refused(tmp_path):
         from_official_config(path)
 
 
+@pytest.mark.slow
 def test_zoo_covers_every_official_config_with_exact_params():
     meta = json.loads((REFERENCE / "official_dense_keys.json").read_text())["_meta"]["configs"]
     assert sorted(e.path for e in OFFICIAL_DENSE_CONFIGS.values()) == sorted(meta)
@@ -57,6 +58,7 @@ def test_zoo_covers_every_official_config_with_exact_params():
         assert params == meta[entry.path]["params"], entry.name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, gflops", [
     ("top_down_256x192_global_small", 4.69), ("top_down_448x320_global_small", 14.77),
     ("top_down_384x288_global_base", 22.11),  # the official README's 14.8 G is wrong (spec §5.3)

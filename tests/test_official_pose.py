@@ -16,16 +16,17 @@ import torch.nn as nn
 from conftest import REFERENCE, _require, fake_state_dict, load_parity
 
 from uniformer.data.mm_pipelines import topdown_affine_input
-from uniformer.tasks.coco import load_coco
+from uniformer.data.coco import load_coco
+from uniformer.data.coco_keypoints import COCO_FLIP_PAIRS, COCO_SIGMAS, CocoKeypoints, topdown_crop
 from uniformer.tasks.official_backbone import build_official_backbone
 from uniformer.tasks.pose import (
-    COCO_FLIP_PAIRS,
-    COCO_SIGMAS,
     OFFICIAL_POSE_NAMES,
-    CocoKeypoints,
     TopDownPoseModel,
     build_mmpose_model,
     convert_mmpose_state_dict,
+    official_pose_config,
+)
+from uniformer.tasks.pose_eval import (
     decode_heatmaps,
     evaluate_keypoints,
     flip_test,
@@ -35,8 +36,6 @@ from uniformer.tasks.pose import (
     oks_iou,
     oks_nms,
     oks_nms_results,
-    official_pose_config,
-    topdown_crop,
 )
 
 FIXTURE = "dense_heads/pose_topdown_global"

@@ -4,28 +4,25 @@ official segmentation config at full size against ``official_dense_keys.json``."
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import REFERENCE
 
+from uniformer.tasks.mmseg import (build_mmseg_segmentor, convert_mmseg_state_dict, mmseg_inference,
+                                   official_segmentor_config, official_segmentor_names)
 from uniformer.tasks.official_backbone import build_official_backbone
-from uniformer.tasks.seg_heads import (FCNAuxHead, FPNHead, UperNetHead, build_mmseg_segmentor,
-                                       convert_mmseg_state_dict, mmseg_inference, official_segmentor_config,
-                                       official_segmentor_names)
+from uniformer.tasks.seg_heads import FCNAuxHead, FPNHead, UperNetHead
 from uniformer.tasks.segmentation import SegmentationModel
 
-REF = Path("/work/shared/reference")
+REF = REFERENCE
 FIXTURES = REF / "parity" / "dense_heads"
 KEYS = REF / "official_dense_keys.json"
 SEG_FIXTURES = ["seg_fpn_hybrid", "seg_upernet_global"]
 
 
 def _fixture(name: str) -> dict:
-    path = FIXTURES / f"{name}.pt"
-    if not path.exists():
-        pytest.skip(f"{path} not available")
-    return torch.load(path, weights_only=True)
+    return torch.load(FIXTURES / f"{name}.pt", weights_only=True)
 
 
 def _build(model_cfg: dict) -> SegmentationModel:
@@ -219,8 +216,6 @@ def _name(path: str) -> str:
 
 @pytest.fixture(scope="module")
 def official_keys():
-    if not KEYS.exists():
-        pytest.skip(f"{KEYS} not available")
     return json.loads(KEYS.read_text())
 
 

@@ -17,19 +17,15 @@ from PIL import Image, ImageDraw
 from conftest import STANDIN_CHANNELS, StandInBackbone
 
 import uniformer
-from uniformer.tasks.coco import load_coco
-from uniformer.tasks.pose import (
-    COCO_FLIP_PAIRS,
-    COCO_KEYPOINT_NAMES,
-    COCO_SKELETON,
-    CocoKeypoints,
-    TopDownPoseModel,
-    affine_matrix,
+from uniformer.data.coco import load_coco
+from uniformer.data.coco_keypoints import (COCO_FLIP_PAIRS, COCO_KEYPOINT_NAMES, COCO_SKELETON, CocoKeypoints,
+                                            affine_matrix)
+from uniformer.tasks.pose import TopDownPoseModel, heatmap_loss
+from uniformer.tasks.pose_eval import (
     decode_heatmaps,
     evaluate_keypoints,
     flip_back,
     flip_test,
-    heatmap_loss,
     keypoint_results,
     save_pose_overlay,
 )
@@ -384,6 +380,7 @@ def test_pose_overlay_is_written_as_png(pose_data, tmp_path):
 # ------------------------------------------------------------------------------------------------- overfit ------
 
 
+@pytest.mark.slow
 def test_pose_model_overfits_one_batch(pose_data):
     """The SimpleBaseline head (256 channels) on the stand-in backbone, Adam, 150 steps on one batch of 4 person
     crops, must reach OKS AP ≥ 80 on them through flip test + decode + keypoint_results + evaluate_keypoints

@@ -106,6 +106,7 @@ def close(got, expected: List[torch.Tensor], atol: float = 1e-4, rtol: float = 0
 
 
 # -------------------------------------------------------------------------------------------------------- export
+@pytest.mark.slow
 def test_segmentation_export_round_trips(saved, tmp_path, capsys):
     model = uniformer.load_pretrained(saved["seg"]).eval()
     onnx_file = tmp_path / "seg.onnx"
@@ -141,6 +142,7 @@ def test_segmentation_export_round_trips(saved, tmp_path, capsys):
     close(eager(rebuilt.eval(), x), eager(model, x), atol=0)
 
 
+@pytest.mark.slow
 def test_pose_export_round_trips(saved, tmp_path, capsys):
     model = uniformer.load_pretrained(saved["pose"]).eval()
     onnx_file = tmp_path / "pose.onnx"
@@ -178,6 +180,7 @@ def paired(got: List[np.ndarray], expected: List[torch.Tensor]) -> List[torch.Te
     return [t[torch.tensor(order)] for t in expected]
 
 
+@pytest.mark.slow
 def test_mask_rcnn_export_round_trips(saved, tmp_path, capsys):
     model = uniformer.load_pretrained(saved["det"]).eval()
     onnx_file = tmp_path / "det.onnx"
@@ -213,6 +216,7 @@ def test_mask_rcnn_export_round_trips(saved, tmp_path, capsys):
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in again.state_dict().items())
 
 
+@pytest.mark.slow
 def test_cascade_exports_its_backbone_fpn_and_rpn_features(saved, tmp_path, capsys):
     model = uniformer.load_pretrained(saved["cascade"]).eval()
     onnx_file = tmp_path / "cascade.onnx"
@@ -298,6 +302,7 @@ def test_predict_dense_folder_json_has_the_overlays_and_fields(saved, images, tm
     assert printed[0] == f"{rows[0]['overlay']}  {rows[0]['summary']}" and "%" in rows[0]["summary"]
 
 
+@pytest.mark.slow
 def test_predict_refuses_another_class_count(classifier, saved, images, tmp_path, capsys):
     image = str(images / "a.jpg")
     one_line_error(run_cli("predict", "--checkpoint", str(classifier), "--num-classes", "10", image, check=False),
@@ -323,6 +328,7 @@ def ema_run(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, str]:
     return {"run": str(run), "log": out}
 
 
+@pytest.mark.slow
 def test_ema_weights_for_eval_predict_and_export(ema_run, images, tmp_path, capsys):
     from uniformer.engine.inference import load_model_for_inference
 
@@ -350,6 +356,7 @@ def test_ema_weights_for_eval_predict_and_export(ema_run, images, tmp_path, caps
     assert all(torch.equal(v, ema.state_dict()[k]) for k, v in load_file(str(weights)).items())
 
 
+@pytest.mark.slow
 def test_ema_without_ema_weights_is_one_line(ema_run, classifier, images, tmp_path, capsys):
     without = tmp_path / "no_ema"
     shutil.copytree(Path(ema_run["run"]) / "best", without)
@@ -364,6 +371,7 @@ def test_ema_without_ema_weights_is_one_line(ema_run, classifier, images, tmp_pa
         assert "\n" not in err and "has no EMA weights" in err and str(classifier) in err, err
 
 
+@pytest.mark.slow
 def test_version_prints_one_line():
     from importlib import metadata
 
@@ -374,6 +382,7 @@ def test_version_prints_one_line():
                            f"{metadata.version('timm')})\n")
 
 
+@pytest.mark.slow
 def test_official_pose_config_exports_through_the_cli(tmp_path, capsys):
     """`export --official-config CONFIG --checkpoint OFFICIAL.pth`: the official structure and weights, loaded
     strictly, in onnxruntime at another crop size."""

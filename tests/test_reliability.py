@@ -105,6 +105,7 @@ def test_load_image_converts_every_pixel_format_to_8bit_rgb(tmp_path):
     assert (np.asarray(load_image(files["la.png"]))[:, 0] == 255).all()  # alpha 0 → white
 
 
+@pytest.mark.slow
 def test_predict_reads_every_pixel_format_and_tiny_images(tmp_path, saved_model):
     """Greyscale, RGBA, LA, 16-bit, palette with transparency, CMYK, float TIFF, 1x1 and 3x200 images all predict."""
     files = write_pixel_formats(tmp_path)
@@ -125,6 +126,7 @@ def truncated(path: Path, fmt: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["truncated-jpeg", "truncated-png", "empty-file", "directory"])
 def test_predict_rejects_unreadable_images_in_one_line(tmp_path, saved_model, case):
     if case == "truncated-jpeg":
@@ -178,9 +180,10 @@ def test_safetensors_with_integer_weights_fail_naming_the_keys(tmp_path):
     assert all(torch.equal(before[k], v) for k, v in dst.state_dict().items())  # nothing was half-loaded
 
 
+@pytest.mark.slow
 def test_unusable_checkpoint_locations_are_named(tmp_path, saved_model):
     from uniformer.models.weights import read_checkpoint, read_model_config
-    from uniformer.engine.checkpointing import resolve_checkpoint_path
+    from uniformer.engine.rundir import resolve_checkpoint_path
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -205,7 +208,7 @@ def test_unusable_checkpoint_locations_are_named(tmp_path, saved_model):
 
 
 def test_eval_with_a_different_class_count_names_both_counts(tmp_path, saved_model):
-    from uniformer.engine.trainer import evaluate_checkpoint
+    from uniformer.engine.classification import evaluate_checkpoint
 
     data = image_folder(tmp_path / "data", per_class=1)
     with pytest.raises(ValueError, match=r"the model has 3 classes but .*data has 2"):
@@ -217,6 +220,7 @@ class _Exploit:
         return (os.system, (f"touch {os.environ['EXPLOIT_MARKER']}",))
 
 
+@pytest.mark.slow
 def test_cli_refuses_code_pickles_and_integer_weights_in_one_line(tmp_path, saved_model, monkeypatch):
     image = tmp_path / "img.png"
     Image.fromarray(rgb()).save(image)
@@ -297,6 +301,7 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_with_exit_130_and_the_run_resumes(tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "uniformer.cli", "train", *TRAIN, "--epochs", "2",
@@ -318,9 +323,9 @@ def test_ctrl_c_stops_cleanly_with_exit_130_and_the_run_resumes(tmp_path):
 
 SLOW_SECOND_CHECKPOINT = """
 import time
-import uniformer.engine.checkpointing as checkpointing
+import uniformer.engine.rundir as rundir
 
-_original, _calls = checkpointing.save_pretrained, []
+_original, _calls = rundir.save_pretrained, []
 
 def save_pretrained(*args, **kwargs):
     result = _original(*args, **kwargs)
@@ -329,10 +334,11 @@ def save_pretrained(*args, **kwargs):
         time.sleep(600)   # the test kills the process here
     return result
 
-checkpointing.save_pretrained = save_pretrained
+rundir.save_pretrained = save_pretrained
 """
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one_and_resumes_identically(tmp_path):
     data = image_folder(tmp_path / "data")
     args = ["train", "--data", str(data), *TRAIN, "--batch-size", "4", "--epochs", "3", "--model-ema",
@@ -364,19 +370,20 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one_and_resumes_id
 
 
 INF_LOSS_IN_EPOCH_2 = """
-import uniformer.engine.trainer as trainer
+import uniformer.engine.classification as classification
 
-_original, _calls = trainer.compute_loss, []
+_original, _calls = classification.compute_loss, []
 
 def compute_loss(*args, **kwargs):
     loss, logits = _original(*args, **kwargs)
     _calls.append(1)
     return (loss * float("inf") if len(_calls) == 5 else loss), logits  # 4 steps per epoch: epoch 2, step 1
 
-trainer.compute_loss = compute_loss
+classification.compute_loss = compute_loss
 """
 
 
+@pytest.mark.slow
 def test_inf_loss_after_a_checkpoint_stops_naming_the_step_and_keeps_that_checkpoint(tmp_path):
     data = image_folder(tmp_path / "data")
     run = tmp_path / "run"
@@ -402,6 +409,7 @@ os.execv(sys.executable, [sys.executable, "-m", "uniformer.cli", *sys.argv[1:]])
 """
 
 
+@pytest.mark.slow
 def test_read_only_run_directory_at_checkpoint_time_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-c", AS_ORDINARY_USER, "train", *TRAIN, "--epochs", "2", "--output",
@@ -463,7 +471,7 @@ class Listed(torch.utils.data.Dataset):
 
 def test_skip_bad_loader_drops_bad_items_with_workers_and_skips_empty_batches():
     from uniformer.engine.distributed import DistContext
-    from uniformer.engine.trainer import SkipBadLoader, eval_loader
+    from uniformer.engine.loaders import SkipBadLoader, eval_loader
 
     loader = eval_loader(Listed(7, bad=[2, 4, 5]), 2, 2, DistContext())  # batches [0 1] [2 3] [4 5] [6], 2 workers
     with pytest.warns(UserWarning) as caught:
@@ -558,6 +566,7 @@ def test_skip_bad_segmentation_eval_drops_the_bad_pair_exactly(tmp_path):
     assert task.skipped == 1 and dropped == clean.evaluate(model, clean.dataset("val", False), DistContext(), 1, 0)
 
 
+@pytest.mark.slow
 def test_skip_bad_under_torchrun_with_workers_and_an_all_bad_batch(tmp_path):
     """Two ranks with a DataLoader worker each; a batch in which every sample is bad on one rank makes every rank
     skip that step (DistributedDataParallel would otherwise wait for it forever); the counts are summed."""

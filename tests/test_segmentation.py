@@ -16,11 +16,11 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 import uniformer
 from uniformer.data import BadSample
-from uniformer.tasks.segmentation import (FCNAuxHead, FPNHead, SegEvalTransform, SegmentationDataset,
-                                          SegmentationMetric, SegmentationModel, SegTrainTransform, UperNetHead,
-                                          predict_mask, save_overlay, segmentation_palette, slide_inference,
-                                          whole_inference)
-from uniformer.tasks.vt_fpn import ConvFPNNeck, SemanticFPNHead
+from uniformer.data.ade20k import SegEvalTransform, SegmentationDataset, SegTrainTransform
+from uniformer.tasks.necks import ConvFPNNeck
+from uniformer.tasks.seg_heads import FCNAuxHead, FPNHead, SemanticFPNHead, UperNetHead
+from uniformer.tasks.segmentation import (SegmentationMetric, SegmentationModel, predict_mask, save_overlay,
+                                          segmentation_palette, slide_inference, whole_inference)
 
 CLASSES = ("background", "square", "disc")
 MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)

@@ -79,6 +79,7 @@ def test_forward_intermediates_and_pruning(name):
 IMAGE_MODELS = [n for n in uniformer.list_models("uniformer_*") if "_video_" not in n]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", IMAGE_MODELS)
 def test_features_only_four_strides_every_variant(name):
     model = uniformer.create_model(name, features_only=True).eval()

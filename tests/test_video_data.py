@@ -314,7 +314,8 @@ def test_bad_video_fails_naming_the_file_or_is_skipped(tmp_path, kind, message):
 
 def test_every_bad_video_skipped_still_raises(tmp_path):
     from uniformer.engine.distributed import DistContext
-    from uniformer.engine.trainer import eval_loader, evaluate
+    from uniformer.engine.classification import evaluate
+    from uniformer.engine.loaders import eval_loader
 
     write_bad(tmp_path / "val" / "a" / "x.mp4", "corrupt")
     write_bad(tmp_path / "val" / "b" / "y.mp4", "empty")

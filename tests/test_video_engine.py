@@ -29,6 +29,7 @@ def videos(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_train_eval_views_and_predict_video(videos, tmp_path):
     run = tmp_path / "run"
     out = run_cli("train", "--data", str(videos), *TINY_VIDEO, "--epochs", "2", "--views", "2x1", "--output", str(run)).stdout
@@ -45,6 +46,7 @@ def test_train_eval_views_and_predict_video(videos, tmp_path):
     assert {lines[1].split()[-1], lines[2].split()[-1]} == {"left", "right"}
 
 
+@pytest.mark.slow
 def test_light_video_model_trains_with_list_files_and_segment_sampling(videos, tmp_path):
     root = tmp_path / "listed"
     root.mkdir()
@@ -60,6 +62,7 @@ def test_light_video_model_trains_with_list_files_and_segment_sampling(videos, t
     assert "epoch   1/1" in out and "(" in out
 
 
+@pytest.mark.slow
 def test_bad_videos_fail_naming_the_file_or_are_skipped(videos, tmp_path):
     import shutil
 
@@ -78,6 +81,7 @@ def test_bad_videos_fail_naming_the_file_or_are_skipped(videos, tmp_path):
     assert one.returncode == 1 and "short.mp4" in one.stderr and len(one.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_predict_video_with_an_official_style_checkpoint_prints_kinetics_names(tmp_path, videos):
     torch.manual_seed(0)
     model = uniformer.create_model("uniformer_video_small", num_classes=400)
@@ -106,6 +110,7 @@ def write_frames(folder: Path, frames: int, direction: int, template: str = "{:0
     return folder
 
 
+@pytest.mark.slow
 def test_frame_folders_train_eval_with_2x3_views_and_predict_video(tmp_path):
     """Something-Something V1 style frames ({:05d}.jpg): train/ in class folders of frame folders, val from a
     rawframes list file; eval and predict-video reuse the run's frame template."""

@@ -61,12 +61,14 @@ def test_video_small_params_for_other_label_sets(k, params):
     assert uniformer.count_params(uniformer.create_model("uniformer_video_small", num_classes=k)) == params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,expected", [("uniformer_video_small", 41.76), ("uniformer_video_base", 96.74)])
 def test_flops_per_16x224_view(name, expected):
     model = uniformer.create_model(name, num_classes=400)
     assert uniformer.count_flops(model, (1, 3, 16, 224, 224)) / 1e9 == pytest.approx(expected, rel=0.01)
 
 
+@pytest.mark.slow
 def test_light_video_flops_table():
     xxs = uniformer.create_model("uniformer_video_xxs", num_classes=400)
     for (t, s), g in {(4, 128): 1.00, (8, 160): 3.24, (16, 160): 6.87}.items():
@@ -149,11 +151,11 @@ def test_image_checkpoints_inflate_through_load_checkpoint(caplog):
 
 
 def test_video_tags_record_protocol_and_labels():
-    from uniformer.models.uniformer_video import video_protocol
+    from uniformer.models.uniformer_video import VideoProtocol, video_protocol
 
     cfg = timm.models.get_pretrained_cfg("uniformer_video_small.k400_16x4").to_dict()
-    assert video_protocol(cfg) == dict(frames=16, stride=4, sampler="dense", views="4x1")
+    assert video_protocol(cfg) == VideoProtocol(frames=16, stride=4, sampler="dense", views="4x1")
     assert cfg["num_classes"] == 400 and len(cfg["label_names"]) == 400 and cfg["label_names"][0] == "abseiling"
     assert cfg["mean"] == (0.45, 0.45, 0.45) and "head_dim=64" in cfg["notes"]
     ssv2 = timm.create_model("uniformer_video_small.ssv2_16_prek400", depth=[1, 1, 2, 1])
-    assert ssv2.num_classes == 174 and video_protocol(ssv2.pretrained_cfg)["views"] == "1x3"
+    assert ssv2.num_classes == 174 and video_protocol(ssv2.pretrained_cfg).views == "1x3"

@@ -113,9 +113,7 @@ def test_bad_arguments(model, image_file, tmp_path):
         save_token_attention_grid(model, tmp_path / "missing.png", tmp_path / "x.png")
 
 
-def test_registered_vt_resnet18_if_available(image_file, tmp_path):
-    if "vt_resnet18" not in uniformer.list_models():
-        pytest.skip("vt_resnet18 is not registered")
+def test_registered_vt_resnet18(image_file, tmp_path):
     torch.manual_seed(0)
     vt = uniformer.create_model("vt_resnet18")
     maps = token_attention_maps(vt, torch.randn(1, 3, 224, 224))

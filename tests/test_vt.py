@@ -19,6 +19,7 @@ OUR_PARAMS = {18: 11_181_664, 34: 19_559_676, 50: 22_015_228, 101: 41_007_356}
 SMALL = dict(token_dim=64, ffn_dim=64, num_heads=4, num_tokens=8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("depth", [18, 34, 50, 101])
 def test_params_exact_and_within_paper_and_fewer_macs_than_resnet(depth):
     model = uniformer.create_model(f"vt_resnet{depth}")
@@ -158,6 +159,7 @@ def test_vt_module_composition():
     assert tokens.shape == (1, 4, 16) and y.shape == (1, 64, 6, 6) and set(attn) == {"tokenizer", "transformer", "projector"}
 
 
+@pytest.mark.slow
 def test_short_training_on_digits_learns(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "uniformer.cli", "train", "--model", "vt_resnet18", "--model-args", json.dumps(SMALL),
@@ -170,6 +172,7 @@ def test_short_training_on_digits_learns(tmp_path):
     assert best > 50.0  # chance is 10 %
 
 
+@pytest.mark.slow
 def test_visualize_tokens_cli_writes_a_png(tmp_path):
     import numpy as np
     from PIL import Image

@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from torchvision.ops import FeaturePyramidNetwork
 
 from uniformer.layers.vt import FilterTokenizer, Projector, TokenTransformer
-from uniformer.tasks.vt_fpn import (ConvFPNNeck, SemanticFPNHead, VTFPN, VTFPNNeck, fpn_neck_macs,
-                                    resnet_level_shapes)
+from uniformer.tasks.necks import ConvFPNNeck
+from uniformer.tasks.seg_heads import SemanticFPNHead
+from uniformer.tasks.vt_fpn import VTFPN, VTFPNNeck, fpn_neck_macs, resnet_level_shapes
 from uniformer.flops import count_params
 
 CHANNELS = (256, 512, 1024, 2048)

@@ -1,7 +1,26 @@
-"""Regenerate docs/cli.md from the argparse help texts: .venv/bin/python tools/gen_cli_docs.py"""
-import subprocess, sys
-sys.path.insert(0, "src")
+"""Regenerate docs/cli.md from the argparse help texts (at 116 columns, as tests/test_cli_reference.py renders them):
+
+    .venv/bin/python tools/gen_cli_docs.py
+"""
+import contextlib
+import io
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
 from uniformer.cli import build_parser  # noqa: E402
+
+
+def command_help(command: str) -> str:
+    """``uniformer COMMAND --help`` as the parser prints it at 116 columns."""
+    os.environ["COLUMNS"] = "116"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        build_parser().parse_args([*command.split(), "--help"])
+    return out.getvalue().rstrip()
+
 
 sub = next(a for a in build_parser()._actions if a.dest == "command")
 cmds = [""] + list(sub.choices)
@@ -12,10 +31,7 @@ out = ["# Command-line reference", "",
        "a positive integer, got 0` (`train` flags and `--config` YAML keys), `uniformer info: error: argument "
        "--input-size: must be a positive multiple of 32, got -64` (argparse, as every usage error). See also [training.md](training.md), [dense.md](dense.md) and [weights.md](weights.md).", ""]
 for cmd in cmds:
-    args = [sys.executable, "-m", "uniformer.cli"] + ([cmd] if cmd else []) + ["--help"]
-    text = subprocess.run(args, capture_output=True, text=True, env={"COLUMNS": "110", "PATH": "/usr/bin"}).stdout
-    title = f"uniformer {cmd}".strip()
-    out += [f"## `{title}`", "", "```", text.rstrip(), "```", ""]
+    out += [f"## `{f'uniformer {cmd}'.strip()}`", "", "```", command_help(cmd), "```", ""]
 out += ["## Examples", "", "```",
         "$ uniformer models 'uniformer_xx*'",
         "model          params (M)  GFLOPs  input    checkpoint tags",
@@ -38,4 +54,5 @@ out += ["## Examples", "", "```",
         "$ uniformer predict --checkpoint runs/digits photos/ --output predictions.json   # a folder; .csv also",
         "$ uniformer bench uniformer_small uniformer_xxs --peers --paths baseline,eager,fast,fast-bf16",
         "```", ""]
-open("docs/cli.md", "w").write("\n".join(out))
+(ROOT / "docs" / "cli.md").write_text("\n".join(out))
+print(f"wrote {ROOT / 'docs' / 'cli.md'}")

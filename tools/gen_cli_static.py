@@ -14,7 +14,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from uniformer.cli import build_parser, dense_models_table, models_table  # noqa: E402
+from uniformer.cli import build_parser  # noqa: E402
+from uniformer.zoo import dense_models_table, models_table  # noqa: E402
 
 STATIC = ROOT / "src" / "uniformer_cli" / "static.json"
 

@@ -18,6 +18,8 @@ import json
 import math
 import multiprocessing as mp
 import os
+import platform
+import queue as queue_module
 import resource
 import statistics
 import time
@@ -26,15 +28,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .engine.config import multiple_of_32, positive_int
+from ._io import atomic_path
 from .engine.inference import default_input
+from .fast import input_memory_format, optimize_for_inference
+from .flops import count_flops, explicit_attention
+from .models.factory import create_model, list_models
 
 __all__ = ["BenchResult", "matmul_peak_gflops", "bench_model", "run_benchmarks", "format_table", "save_chart",
-           "PEERS", "PATHS"]
+           "write_report", "PEERS", "PATHS"]
 
 PATHS = ("baseline", "eager", "fast", "compile", "fast-bf16")
 # timm peers of similar size/speed class (the light models are compared with fastvit_sa12 as well)
@@ -81,10 +87,6 @@ def matmul_peak_gflops(n: int = 2048, iters: int = 10) -> float:
 
 
 def _build(name: str) -> nn.Module:
-    import timm
-
-    from .models.factory import create_model, list_models
-
     model = create_model(name) if name in list_models() else timm.create_model(name)
     return model.eval()
 
@@ -95,9 +97,6 @@ def _input_shape(model: nn.Module, batch: int, size: Optional[int]) -> tuple:
 
 def _prepare(model: nn.Module, path: str) -> tuple:
     """(model to run, context manager, input memory format, input dtype) for a path."""
-    from .fast import input_memory_format, optimize_for_inference
-    from .flops import explicit_attention
-
     if path == "baseline":
         return model, explicit_attention(model), torch.contiguous_format, torch.float32
     if path == "eager":
@@ -113,8 +112,6 @@ def bench_model(name: str, path: str = "eager", batch_size: int = 32, size: Opti
     """Measure one model on one path in this process (see the module docstring). ``peak_gflops`` defaults to a
     matmul measurement taken here, just before the model's; ``amp`` runs everything under bf16 autocast (fp16 on
     CUDA is not measured here)."""
-    from .flops import count_flops, explicit_attention
-
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     if peak_gflops is None:
@@ -171,8 +168,6 @@ def _worker(queue: "mp.Queue", name: str, path: str, kwargs: Dict[str, Any], thr
 
 def _result(queue: "mp.Queue", proc: "mp.Process") -> Dict[str, Any]:
     """The worker's row, or an error row if it died without one (out of memory, a crash in a kernel)."""
-    import queue as queue_module
-
     while True:
         try:
             return queue.get(timeout=5)
@@ -186,8 +181,6 @@ def run_benchmarks(models: Sequence[str], paths: Sequence[str] = ("baseline", "e
                    amp: bool = False, peers: Sequence[str] = (), log=print) -> Dict[str, Any]:
     """Benchmark every (model, path) in its own subprocess — ``peers`` on their own (eager) path only; returns
     ``{"machine": …, "results": […]}``."""
-    import platform
-
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     peak = matmul_peak_gflops()
@@ -239,8 +232,6 @@ def save_chart(report: Dict[str, Any], output: os.PathLike) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ._io import atomic_path
-
     rows = [r for r in report["results"] if "error" not in r]
     labels = [f"{r['model']} ({r['path']})" for r in rows]
     fig, ax = plt.subplots(figsize=(9, 0.35 * len(rows) + 1.2))
@@ -261,8 +252,6 @@ def save_chart(report: Dict[str, Any], output: os.PathLike) -> Path:
 
 def write_report(report: Dict[str, Any], output_dir: os.PathLike) -> List[Path]:
     """``bench.json``, ``bench.md`` and ``bench.png`` in ``output_dir``."""
-    from ._io import atomic_path
-
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "bench.json") as tmp:
@@ -270,51 +259,3 @@ def write_report(report: Dict[str, Any], output_dir: os.PathLike) -> List[Path]:
     with atomic_path(out / "bench.md") as tmp:
         tmp.write_text(format_table(report) + "\n")
     return [out / "bench.json", out / "bench.md", save_chart(report, out / "bench.png")]
-
-
-def add_bench_parser(sub) -> None:
-    """The ``uniformer bench`` subcommand."""
-    p = sub.add_parser(
-        "bench",
-        help="images/s, latency, training steps/s, memory and %% of matmul peak, with timm peers",
-        description="Benchmark models on this machine (timm benchmark.py conventions; every model in a fresh "
-        "subprocess). Paths: baseline (explicit attention matmuls, the official implementation's way), eager "
-        "(scaled_dot_product_attention), fast (BatchNorms folded, channels-last), compile (fast + torch.compile). "
-        "Writes bench.json, bench.md and a bench.png speed chart to --output-dir.",
-    )
-    p.add_argument("models", nargs="*", default=["uniformer_small"], metavar="MODEL",
-                   help="uniformer or timm model names (default: uniformer_small)")
-    p.add_argument("--peers", action="store_true", help=f"add the timm peers on their eager path: {', '.join(PEERS)}")
-    p.add_argument("--paths", default="baseline,eager,fast", help="comma-separated subset of "
-                                                                  f"{','.join(PATHS)} (default: baseline,eager,fast)")
-    p.add_argument("--batch-size", type=positive_int, default=32,
-                   help="batch for throughput and training (default: 32)")
-    p.add_argument("--img-size", type=multiple_of_32,
-                   help="input side, a multiple of 32 (default: each model's pretrained size)")
-    p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's default, the core count)")
-    p.add_argument("--iters", type=positive_int, default=5, help="timed iterations, median reported (default: 5)")
-    p.add_argument("--no-train", dest="train", action="store_false", help="skip the training-step measurement")
-    p.add_argument("--amp", action="store_true", help="measure under bf16 autocast (AMX/AVX-512 bf16 CPUs)")
-    p.add_argument("--output-dir", default="bench", help="where bench.json/md/png go (default: ./bench)")
-    p.set_defaults(func=cmd_bench)
-
-
-def cmd_bench(args) -> int:
-    from .models.factory import resolve_model_name
-
-    paths = [s.strip() for s in args.paths.split(",") if s.strip()]
-    unknown = [s for s in paths if s not in PATHS]
-    if unknown or not paths:
-        raise ValueError(f"--paths takes a comma-separated subset of {','.join(PATHS)}, got {args.paths!r}")
-    import timm
-
-    for name in args.models:
-        if name not in timm.list_models():
-            resolve_model_name(name)  # one line with close-name suggestions
-    peers = [m for m in PEERS if args.peers and m not in args.models]
-    report = run_benchmarks(args.models, paths, batch_size=args.batch_size, size=args.img_size, threads=args.threads,
-                            train=args.train, iters=args.iters, amp=args.amp, peers=peers)
-    print(format_table(report))
-    for path in write_report(report, args.output_dir):
-        print(path)
-    return 0

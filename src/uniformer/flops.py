@@ -17,7 +17,9 @@ from typing import Iterator, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from .data.padding import padded_size
 from .layers import Attention
+from .models.common import eval_mode
 from .tasks.mmdet_rcnn import roi_head_modules
 from .tasks.official_zoo import OfficialConfig
 
@@ -61,17 +63,12 @@ def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
         warnings.simplefilter("ignore", FutureWarning)
         from fvcore.nn import FlopCountAnalysis
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model, no_grad=True), explicit_attention(model):
         param = next(model.parameters(), None)
         x = torch.zeros(*input_shape, device=param.device if param is not None else "cpu")
-        with explicit_attention(model), torch.no_grad():
-            analysis = FlopCountAnalysis(model, x)
-            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
-            return int(analysis.total())
-    finally:
-        model.train(was_training)
+        analysis = FlopCountAnalysis(model, x)
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+        return int(analysis.total())
 
 
 DETECTION_ROIS = 1000  # mmdet forward_dummy: 1000 proposals through the box head(s) ...
@@ -119,8 +116,7 @@ def _pose_flops(model: nn.Module, size: Tuple[int, int]) -> int:
 
 def _det_flops(model: nn.Module, size: Tuple[int, int]) -> int:
     """Backbone + FPN + RPN head on the padded image, plus the RoI heads on fixed RoI batches."""
-    pad = tuple(-(-s // 32) * 32 for s in size)
-    total = count_flops(_DetectorDense(model), (1, 3, *pad))
+    total = count_flops(_DetectorDense(model), (1, 3, *padded_size(size, 32)))
     for head, roi_size, kind in roi_head_modules(model):
         rois = DETECTION_ROIS if kind == "box" else MASK_ROIS
         total += count_flops(head, (rois, model.backbone.out_channels, roi_size, roi_size))

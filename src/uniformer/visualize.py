@@ -21,6 +21,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from ._io import atomic_path
 from .data import load_image
 from .layers.vt import FilterTokenizer
+from .models.common import eval_mode
 
 __all__ = ["token_attention_maps", "save_token_attention_grid"]
 
@@ -60,15 +61,11 @@ def token_attention_maps(model: nn.Module, image: torch.Tensor) -> torch.Tensor:
     param = next(model.parameters(), None)
     if param is not None:
         image = image.to(device=param.device, dtype=param.dtype)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         x = image[:1]
         for name in TRUNK:
             x = getattr(model, name)(x)
         _, attn = tokenizer(x)  # (1, 1, L, h·w)
-    finally:
-        model.train(was_training)
     return attn[0, 0].reshape(-1, *x.shape[-2:]).float().cpu()
 
 

@@ -12,13 +12,14 @@ until then).
 """
 from __future__ import annotations
 
-import math
 from importlib import resources
 from typing import Any, Dict, List, Sequence, Tuple
 
 import cv2
 import numpy as np
 import torch
+
+from .padding import pad_to_multiple, padded_size
 
 __all__ = [
     "IMAGENET_MEAN_255",
@@ -27,7 +28,6 @@ __all__ = [
     "imrescale",
     "align_resize",
     "normalize",
-    "pad_to_multiple",
     "mmdet_test_input",
     "mmseg_test_input",
     "get_affine_transform",
@@ -99,8 +99,7 @@ def align_resize(img: np.ndarray, scale: Sequence[float], size_divisor: int = 32
         raise ValueError(f"size_divisor must be a positive integer, got {size_divisor}")
     out, _ = imrescale(img, scale)
     h, w = out.shape[:2]
-    ah = int(math.ceil(h / size_divisor)) * int(size_divisor)
-    aw = int(math.ceil(w / size_divisor)) * int(size_divisor)
+    ah, aw = padded_size((h, w), size_divisor)
     return cv2.resize(out, (aw, ah), interpolation=cv2.INTER_LINEAR)
 
 
@@ -117,26 +116,6 @@ def normalize(img: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN_255,
     mean32 = np.asarray(mean, dtype=np.float32).reshape(1, 1, -1)
     std32 = np.asarray(std, dtype=np.float32).reshape(1, 1, -1)
     return (img.astype(np.float32) - mean32) / std32
-
-
-def pad_to_multiple(x: np.ndarray | torch.Tensor, divisor: int = 32) -> np.ndarray | torch.Tensor:
-    """Zero-pad on the right and bottom up to multiples of ``divisor`` (mmcv ``impad_to_multiple``, value 0).
-
-    Accepts an ``H x W x C`` numpy array (as in the mmcv pipeline, after normalisation) or a ``(..., H, W)``
-    tensor; returns the same kind.
-    """
-    if int(divisor) < 1:
-        raise ValueError(f"divisor must be a positive integer, got {divisor}")
-    if isinstance(x, torch.Tensor):
-        h, w = x.shape[-2:]
-        ph = int(math.ceil(h / divisor)) * divisor - h
-        pw = int(math.ceil(w / divisor)) * divisor - w
-        return torch.nn.functional.pad(x, (0, pw, 0, ph), value=0.0)
-    h, w = x.shape[:2]
-    ph = int(math.ceil(h / divisor)) * divisor - h
-    pw = int(math.ceil(w / divisor)) * divisor - w
-    pad = [(0, ph), (0, pw)] + [(0, 0)] * (x.ndim - 2)
-    return np.pad(x, pad, mode="constant", constant_values=0)
 
 
 def _scale_factor(new_hw: Tuple[int, int], old_hw: Tuple[int, int]) -> np.ndarray:

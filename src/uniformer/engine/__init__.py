@@ -1,5 +1,6 @@
-"""Training engine: options, loops, crash-safe checkpoints, metrics, torchrun integration."""
+"""Training engine: options, one training loop for every task, run directories, metrics, inference, torchrun."""
+from .classification import evaluate_checkpoint
 from .config import TrainConfig
-from .trainer import evaluate_checkpoint, train
+from .fit import train
 
 __all__ = ["TrainConfig", "train", "evaluate_checkpoint"]

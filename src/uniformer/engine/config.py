@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import math
 import re
@@ -20,6 +21,7 @@ import torch
 import yaml
 from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
 
+from .._io import atomic_path
 from ..data.frames import DEFAULT_FRAME_START, DEFAULT_FRAME_TEMPLATE, check_frame_template
 
 __all__ = [
@@ -481,8 +483,6 @@ def load_yaml(path: str | Path) -> Dict[str, Any]:
     names = {key: str(key).replace("-", "_") for key in raw}
     unknown = sorted(str(key) for key, name in names.items() if name not in SCHEMA)
     if unknown:
-        import difflib
-
         hints = [f"{u} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(u, SCHEMA, 1)) else u
                  for u in unknown]
         raise OptionError(f"unknown option(s) in {path}: {', '.join(hints)}")
@@ -490,8 +490,6 @@ def load_yaml(path: str | Path) -> Dict[str, Any]:
 
 
 def save_yaml(config: TrainConfig, path: str | Path) -> None:
-    from .._io import atomic_path
-
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
@@ -536,6 +534,7 @@ def validate(config: TrainConfig) -> None:
          f"--detector {config.detector} applies only to --task detection, not to --task {config.task}"),
         (config.max_size is None or config.max_size >= (config.img_size or 800),
          f"--max-size must be at least the short side ({config.img_size or 800}), got {config.max_size}"),
+        (config.seed < 2**32, f"--seed must be below 2**32 (NumPy's seed range), got {config.seed}"),
     ]
     for ok, message in checks:
         if not ok:

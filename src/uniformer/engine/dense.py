@@ -1,10 +1,11 @@
-"""The dense tasks in the engine: semantic segmentation, detection / instance segmentation and top-down pose.
+"""The dense tasks of the training loop: semantic segmentation, detection / instance segmentation and top-down pose.
 
-Each task is a :class:`DenseTask`: where its data lives on disk (ADE20K layout, COCO layout), the datasets and their
-transforms, the training loss of one batch, the validation metrics (mIoU through the dataset-level metric, box/mask
-AP and OKS AP through pycocotools) and the prediction overlay. :func:`train_dense` is the training loop (the same
-optimiser, schedule, checkpoints, resume, ``torchrun`` support and progress output as image classification);
-:func:`evaluate_task_checkpoint` re-scores a saved run and :func:`predict_task_images` writes overlay PNGs.
+Each task is a :class:`DenseTask` (a :class:`~uniformer.engine.task.Task`): where its data lives on disk (ADE20K
+layout, COCO layout), the datasets and their transforms, the model, the training loss of one batch, the validation
+metrics (mIoU through the dataset-level metric, box/mask AP and OKS AP through pycocotools) and the prediction
+overlay. :func:`~uniformer.engine.fit.fit` trains them with the same optimiser, schedule, checkpoints, resume,
+``torchrun`` support and progress output as classification; :mod:`~uniformer.engine.inference` re-scores saved runs
+and writes overlays.
 
 Data layouts (``--data ROOT``):
 
@@ -17,7 +18,6 @@ Data layouts (``--data ROOT``):
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
@@ -26,15 +26,29 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset
+from torchvision.transforms.functional import pil_to_tensor
 
-from .checkpointing import RunDir
+from ..data import load_image
+from ..data.ade20k import SegEvalTransform, SegmentationDataset, SegTrainTransform
+from ..data.coco_keypoints import COCO_KEYPOINT_NAMES, CocoKeypoints, topdown_crop
+from ..data.mm_pipelines import box_to_center_scale
+from ..models.weights import load_checkpoint, load_task_weights, read_checkpoint, read_model_config
+from ..tasks.build import build_task_model, task_backbone
+from ..tasks.detection import CocoDetection, RandomHorizontalFlip, coco_results, evaluate_coco, save_detection_overlay
+from ..tasks.detection import collate_fn as detection_collate
+from ..tasks.pose import heatmap_loss
+from ..tasks.pose_eval import decode_heatmaps, evaluate_keypoints, flip_test, keypoint_results, save_pose_overlay
+from ..tasks.segmentation import SegmentationMetric, predict_mask, save_overlay
 from .config import TrainConfig
-from . import trainer as T
-from .distributed import DistContext, init_distributed
+from .distributed import DistContext, all_reduce_sum, gather, init_distributed
+from .loaders import eval_loader
+from .metrics import format_metrics
+from .rundir import resolve_checkpoint_path
+from .task import Setup, Step, Task
 
 __all__ = ["DenseTask", "SegmentationTask", "DetectionTask", "PoseTask", "TASK_CLASSES", "task_data_config",
-           "coco_split", "train_dense", "evaluate_task_checkpoint", "predict_task_images", "format_metrics",
+           "coco_split", "seg_split", "data_root", "evaluate_task_checkpoint", "predict_task_images", "overlay_paths",
            "segmentation_summary", "detection_summary", "pose_summary"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -73,30 +87,6 @@ def coco_split(root: Path, split: str, task: str) -> Tuple[Path, Path]:
     raise FileNotFoundError(f"no image folder for {ann.name}: expected {root / name}/ (or {root / split}/)")
 
 
-# ------------------------------------------------------------------------------------------------------ helpers
-def gather(items: List[Any], ctx: DistContext) -> List[Any]:
-    """Concatenate a per-rank list over all ranks (every rank gets the whole list)."""
-    if not ctx.distributed:
-        return items
-    parts: List[Any] = [None] * ctx.world_size
-    dist.all_gather_object(parts, items)
-    return [x for part in parts for x in part]
-
-
-def _to(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: _to(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to(v, device) for v in batch)
-    return batch
-
-
-def format_metrics(metrics: Mapping[str, float], names: Sequence[str]) -> str:
-    return "  ".join(f"{k} {metrics[k]:.2f}" for k in names if k in metrics)
-
-
 # ------------------------------------------------------------------------------------------ prediction summaries
 def segmentation_summary(mask: torch.Tensor, names: Sequence[str]) -> Dict[str, Any]:
     """What ``predict`` reports for a class map (H, W): ``classes``, the 5 largest classes with their pixel share in
@@ -133,20 +123,28 @@ def pose_summary(boxes: Sequence[Sequence[float]], keypoints: torch.Tensor, maxv
 
 
 # -------------------------------------------------------------------------------------------------------- tasks
-class DenseTask:
-    """What the engine needs from a dense task. ``data_config`` holds the data options (resolved by
-    :func:`task_data_config` at training time and saved with every checkpoint, so evaluation repeats them).
+class DenseTask(Task):
+    """A dense task. ``data_config`` holds the data options (resolved by :func:`task_data_config` at training time
+    and saved with every checkpoint, so evaluation repeats them); ``config`` the training options (training only).
     ``skipped`` is the number of bad samples (``skip_bad``) the last :meth:`evaluate` dropped, over all ranks."""
 
-    name = ""
-    metric = ""  # the primary validation metric (higher is better); picks the 'best' checkpoint
     shown: Tuple[str, ...] = ()  # metrics printed in the epoch summary
-    collate_fn: Optional[Callable] = None
 
-    def __init__(self, data_config: Mapping[str, Any], data: Optional[str] = None, skip_bad: bool = False) -> None:
+    def __init__(self, data_config: Mapping[str, Any], data: Optional[str] = None, skip_bad: bool = False,
+                 config: Optional[TrainConfig] = None) -> None:
         self.data_config = dict(data_config)
         self._data, self.skip_bad = data, skip_bad
         self.skipped = 0
+        if config is not None:
+            self.config = config
+        self.val_set: Optional[Dataset] = None
+
+    @classmethod
+    def for_training(cls, config: TrainConfig, resume_state: Optional[Mapping[str, Any]] = None) -> "DenseTask":
+        """The task of a training run: the data options of ``config``, or those saved with the run it resumes."""
+        data_config = (dict(resume_state["config"].get("data_config") or {}) if resume_state else {}) or \
+            task_data_config(config)
+        return cls(data_config, config.data, skip_bad=config.skip_bad, config=config)
 
     @property
     def root(self) -> Path:
@@ -162,10 +160,6 @@ class DenseTask:
         """Output names: classes (segmentation, detection) or joints (pose)."""
         return list(dataset.classes)
 
-    def loss(self, train_model: nn.Module, model: nn.Module, batch: Any) -> Tuple[torch.Tensor, int]:
-        """(loss, number of samples) of one training batch already on the device."""
-        raise NotImplementedError
-
     def evaluate(self, model: nn.Module, dataset: Dataset, ctx: DistContext, batch_size: int,
                  workers: int) -> Dict[str, float]:
         raise NotImplementedError
@@ -178,13 +172,67 @@ class DenseTask:
         ``summary`` (see :func:`segmentation_summary`, :func:`detection_summary`, :func:`pose_summary`)."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------------------------------------------- training
+    def build(self, ctx: DistContext) -> Setup:
+        config = self.config
+        train_set, self.val_set = self.dataset("train", train=True), self.dataset("val", train=False)
+        classes = self.classes(train_set)
+        if self.classes(self.val_set) != classes:
+            raise ValueError(f"train and val classes differ: {classes} vs {self.classes(self.val_set)}")
+        head_args = dict(config.head_args, **({"head": config.head} if self.name == "segmentation" else {}))
+        if self.name == "detection" and (config.detector != "mask_rcnn" or "detector" not in head_args):
+            head_args["detector"] = config.detector
+        model = build_task_model(self.name, config.model, len(classes), model_args=config.model_args,
+                                 head_args=head_args, data_config=self.data_config, label_names=classes,
+                                 drop_path_rate=config.drop_path)
+        return Setup(model, train_set, self.val_set, classes)
+
+    def init_weights(self, model: nn.Module, path: str, log: Callable[[str], None]) -> None:
+        """Start from weights: a saved task model of the same kind (every tensor whose name and shape match), else
+        an official dense or ImageNet checkpoint for the backbone (``load_checkpoint``: ``backbone.`` prefixes,
+        dropped heads, missing dense norms)."""
+        path = str(resolve_checkpoint_path(path))  # a run directory means its best checkpoint
+        saved = read_model_config(path) if Path(path).is_dir() else None
+        if saved is not None and saved.get("task") == model.task_config["task"]:
+            state = read_checkpoint(path)
+            own = model.state_dict()
+            matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+            model.load_state_dict(matching, strict=False)
+            log(f"initialised {len(matching)}/{len(own)} tensors from {path} (the rest differ in name or shape)")
+            return
+        load_checkpoint(task_backbone(model), path)
+        log(f"initialised the backbone from {path}; the neck and heads start from scratch")
+
+    def load_weights(self, model: nn.Module, path: Any) -> None:
+        load_task_weights(model, path)  # names as saved
+
+    def prepare(self, model: nn.Module) -> None:
+        if self.config.grad_checkpointing:
+            task_backbone(model).set_grad_checkpointing(True)
+
+    def headline(self, setup: Setup, params: int) -> str:
+        c = self.config
+        return (f"training {self.name} with {c.model} ({params / 1e6:.2f} M params) on {c.data}: "
+                f"{len(setup.train_set)} train / {len(setup.val_set)} val samples, {len(setup.classes)} "
+                f"{'joints' if self.name == 'pose' else 'classes'}, {self.describe()}")
+
+    def validate(self, model: nn.Module, ctx: DistContext) -> Tuple[Dict[str, float], int]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # pycocotools / empty-prediction chatter
+            metrics = self.evaluate(model, self.val_set, ctx, self.config.batch_size, self.config.workers)
+        return metrics, self.skipped
+
+    def epoch_text(self, row: Dict[str, float], val: Dict[str, float], ema_val: Optional[Dict[str, float]]) -> str:
+        return f"train loss {row['train_loss']:.4f}  val {format_metrics(val, self.shown)}"
+
+    def saved_options(self) -> Dict[str, Any]:
+        return {"data_config": self.data_config}
+
 
 class SegmentationTask(DenseTask):
     name, metric, shown = "segmentation", "mIoU", ("mIoU", "mAcc", "aAcc")
 
     def dataset(self, split: str, train: bool) -> Dataset:
-        from ..tasks.segmentation import SegEvalTransform, SegmentationDataset, SegTrainTransform
-
         c = self.data_config
         norm = dict(mean=c["mean"], std=c["std"])
         transform = (SegTrainTransform(crop_size=c["crop_size"], scale=c["scale"], ratio_range=c["ratio_range"],
@@ -195,13 +243,11 @@ class SegmentationTask(DenseTask):
                                    reduce_zero_label=c["reduce_zero_label"], transform=transform,
                                    skip_bad=self.skip_bad)
 
-    def loss(self, train_model: nn.Module, model: nn.Module, batch: Any) -> Tuple[torch.Tensor, int]:
+    def loss(self, train_model: nn.Module, model: nn.Module, batch: Any) -> Step:
         images, masks = batch
-        return model.loss(train_model(images), masks), len(images)
+        return Step(model.loss(train_model(images), masks), len(images))
 
     def _predict(self, model: nn.Module, image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-        from ..tasks.segmentation import predict_mask
-
         c = self.data_config
         return predict_mask(model, image, size, mode=c["inference"], num_classes=model.num_classes,
                             crop=c["crop_size"], stride=c["slide_stride"])
@@ -209,15 +255,13 @@ class SegmentationTask(DenseTask):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset: Dataset, ctx: DistContext, batch_size: int,
                  workers: int) -> Dict[str, float]:
-        from ..tasks.segmentation import SegmentationMetric
-
         metric = SegmentationMetric(model.num_classes)
         model.eval()
-        loader = T.eval_loader(dataset, 1, workers, ctx)  # images keep their own sizes
+        loader = eval_loader(dataset, 1, workers, ctx)  # images keep their own sizes
         for image, mask in loader:
             pred = self._predict(model, image.to(ctx.device), mask.shape[-2:])
             metric.update(pred.cpu(), mask[0])
-        self.skipped = int(T.all_reduce_sum([loader.skipped], ctx)[0])
+        self.skipped = int(all_reduce_sum([loader.skipped], ctx)[0])
         if ctx.distributed:
             for name in ("area_intersect", "area_union", "area_pred", "area_label"):
                 total = getattr(metric, name).to(ctx.device if ctx.device.type == "cuda" else "cpu")
@@ -234,9 +278,6 @@ class SegmentationTask(DenseTask):
 
     @torch.no_grad()
     def predict(self, model: nn.Module, image: Path, output: Path, **options: Any) -> Dict[str, Any]:
-        from ..data import load_image
-        from ..tasks.segmentation import SegEvalTransform, save_overlay
-
         c = self.data_config
         img = load_image(image)
         x, _ = SegEvalTransform(scale=c["scale"], mean=c["mean"], std=c["std"])(
@@ -249,38 +290,31 @@ class SegmentationTask(DenseTask):
 
 class DetectionTask(DenseTask):
     name, metric = "detection", "bbox_AP"
+    find_unused_parameters = True
     shown = ("bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50")
 
-    @staticmethod
-    def collate_fn(batch):  # noqa: D102  (images differ in size: lists, as Mask R-CNN takes them)
-        from ..tasks.detection import collate_fn
-
-        return collate_fn(batch)
+    collate_fn = staticmethod(detection_collate)  # images differ in size: lists, as Mask R-CNN takes them
 
     def dataset(self, split: str, train: bool) -> Dataset:
-        from ..tasks.detection import CocoDetection, RandomHorizontalFlip
-
         images, ann = coco_split(self.root, split, self.name)
         flip = RandomHorizontalFlip(self.data_config["hflip"]) if train and self.data_config["hflip"] > 0 else None
         return CocoDetection(images, ann, transforms=flip, skip_bad=self.skip_bad)
 
-    def loss(self, train_model: nn.Module, model: nn.Module, batch: Any) -> Tuple[torch.Tensor, int]:
+    def loss(self, train_model: nn.Module, model: nn.Module, batch: Any) -> Step:
         images, targets = batch
         losses = train_model(images, targets)
-        return sum(losses.values()), len(images)
+        return Step(sum(losses.values()), len(images))
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset: Dataset, ctx: DistContext, batch_size: int,
                  workers: int) -> Dict[str, float]:
-        from ..tasks.detection import coco_results, evaluate_coco
-
         model.eval()
         results: List[Dict[str, Any]] = []
-        loader = T.eval_loader(dataset, batch_size, workers, ctx, self.collate_fn)
+        loader = eval_loader(dataset, batch_size, workers, ctx, self.collate_fn)
         for images, targets in loader:
             outputs = model([im.to(ctx.device) for im in images])
             results += coco_results(outputs, [int(t["image_id"]) for t in targets], dataset.label_to_cat_id)
-        self.skipped = int(T.all_reduce_sum([loader.skipped], ctx)[0])
+        self.skipped = int(all_reduce_sum([loader.skipped], ctx)[0])
         return evaluate_coco(dataset.coco, gather(results, ctx), img_ids=dataset.ids)
 
     def describe(self) -> str:
@@ -289,11 +323,6 @@ class DetectionTask(DenseTask):
     @torch.no_grad()
     def predict(self, model: nn.Module, image: Path, output: Path, score_threshold: float = 0.5,
                 **options: Any) -> Dict[str, Any]:
-        from torchvision.transforms.functional import pil_to_tensor
-
-        from ..data import load_image
-        from ..tasks.detection import save_detection_overlay
-
         img = load_image(image)
         pred = model.eval()([pil_to_tensor(img).float() / 255.0])[0]
         names = model.task_config.get("label_names")
@@ -305,8 +334,6 @@ class PoseTask(DenseTask):
     name, metric, shown = "pose", "AP", ("AP", "AP50", "AP75", "AR")
 
     def dataset(self, split: str, train: bool) -> Dataset:
-        from ..tasks.pose import CocoKeypoints
-
         c = self.data_config
         images, ann = coco_split(self.root, split, self.name)
         boxes = None if train else c.get("person_boxes")
@@ -316,8 +343,6 @@ class PoseTask(DenseTask):
                              rotation_factor=c["rotation_factor"], mean=c["mean"], std=c["std"])
 
     def classes(self, dataset: Dataset) -> List[str]:
-        from ..tasks.pose import COCO_KEYPOINT_NAMES
-
         cat = dataset.coco.cats[dataset.person_cat_ids[0]]
         names = list(cat.get("keypoints") or COCO_KEYPOINT_NAMES)
         if len(names) != len(COCO_KEYPOINT_NAMES):
@@ -326,31 +351,25 @@ class PoseTask(DenseTask):
                              f"{len(COCO_KEYPOINT_NAMES)}")
         return names
 
-    def loss(self, train_model: nn.Module, model: nn.Module, batch: Any) -> Tuple[torch.Tensor, int]:
-        from ..tasks.pose import heatmap_loss
-
+    def loss(self, train_model: nn.Module, model: nn.Module, batch: Any) -> Step:
         images, heatmaps, weights, _meta = batch
-        return heatmap_loss(train_model(images), heatmaps, weights), len(images)
+        return Step(heatmap_loss(train_model(images), heatmaps, weights), len(images))
 
     def _heatmaps(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        from ..tasks.pose import flip_test
-
         return flip_test(model, images) if self.data_config["flip_test"] else model(images)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset: Dataset, ctx: DistContext, batch_size: int,
                  workers: int) -> Dict[str, float]:
-        from ..tasks.pose import decode_heatmaps, evaluate_keypoints, keypoint_results
-
         model.eval()
         results: List[Dict[str, Any]] = []
-        loader = T.eval_loader(dataset, batch_size, workers, ctx)
+        loader = eval_loader(dataset, batch_size, workers, ctx)
         for images, _hm, _w, meta in loader:
             heatmaps = self._heatmaps(model, images.to(ctx.device))
             keypoints, maxvals = decode_heatmaps(heatmaps, meta["center"], meta["scale"])
             results += keypoint_results(keypoints, maxvals, meta["image_id"].tolist(), meta["score"].tolist(),
                                         category_id=dataset.person_cat_ids[0], scales=meta["scale"])
-        self.skipped = int(T.all_reduce_sum([loader.skipped], ctx)[0])
+        self.skipped = int(all_reduce_sum([loader.skipped], ctx)[0])
         return evaluate_keypoints(dataset.coco, gather(results, ctx), img_ids=sorted(dataset.coco.getImgIds()))
 
     def describe(self) -> str:
@@ -360,9 +379,6 @@ class PoseTask(DenseTask):
     @torch.no_grad()
     def predict(self, model: nn.Module, image: Path, output: Path, boxes: Optional[Sequence[Sequence[float]]] = None,
                 **options: Any) -> Dict[str, Any]:
-        from ..data import load_image
-        from ..tasks.pose import box_to_center_scale, decode_heatmaps, save_pose_overlay, topdown_crop
-
         c = self.data_config
         img = load_image(image)
         boxes = [list(b) for b in boxes] if boxes else [[0.0, 0.0, float(img.width), float(img.height)]]
@@ -402,147 +418,6 @@ def task_data_config(config: TrainConfig) -> Dict[str, Any]:
     return dict(input_size=[height, height * 3 // 4], sigma=2.0 * height / 256, hflip=hflip,
                 scale_factor=0.35 if config.pose_aug else 0.0, rotation_factor=40.0 if config.pose_aug else 0.0,
                 flip_test=config.flip_test, person_boxes=config.person_boxes, **norm)
-
-
-# ------------------------------------------------------------------------------------------------------ training
-def _init_task_weights(model: nn.Module, path: str, log: Callable[[str], None]) -> None:
-    """Start from weights: a saved task model of the same kind (every tensor whose name and shape match), else an
-    official dense or ImageNet checkpoint for the backbone (``load_checkpoint``: ``backbone.`` prefixes, dropped
-    heads, missing dense norms)."""
-    from ..models.weights import load_checkpoint, read_checkpoint, read_model_config
-    from ..tasks.build import task_backbone
-
-    from .checkpointing import resolve_checkpoint_path
-
-    path = str(resolve_checkpoint_path(path))  # a run directory means its best checkpoint
-    saved = read_model_config(path) if Path(path).is_dir() else None
-    if saved is not None and saved.get("task") == model.task_config["task"]:
-        state = read_checkpoint(path)
-        own = model.state_dict()
-        matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-        model.load_state_dict(matching, strict=False)
-        log(f"initialised {len(matching)}/{len(own)} tensors from {path} (the rest differ in name or shape)")
-        return
-    load_checkpoint(task_backbone(model), path)
-    log(f"initialised the backbone from {path}; the neck and heads start from scratch")
-
-
-def train_dense(config: TrainConfig, ctx: DistContext, log: Callable[[str], None]) -> Dict[str, Any]:
-    """The training loop of a segmentation, detection or pose model (``config.task``) in an initialised process
-    (group); returns the final summary. Called by :func:`uniformer.engine.trainer.train`."""
-    from ..tasks.build import build_task_model
-
-    run = RunDir(config.resume or config.output)  # claimed by trainer.start_run
-    resume_state = run.load_training_state() if config.resume else None
-    if config.deterministic:
-        torch.use_deterministic_algorithms(True)
-    T.seed_everything(config.seed)
-    data_config = (dict(resume_state["config"].get("data_config") or {}) if resume_state else {}) or \
-        task_data_config(config)
-    task: DenseTask = TASK_CLASSES[config.task](data_config, config.data, skip_bad=config.skip_bad)
-    train_set, val_set = task.dataset("train", train=True), task.dataset("val", train=False)
-    classes = task.classes(train_set)
-    if task.classes(val_set) != classes:
-        raise ValueError(f"train and val classes differ: {classes} vs {task.classes(val_set)}")
-    head_args = dict(config.head_args, **({"head": config.head} if config.task == "segmentation" else {}))
-    if config.task == "detection" and (config.detector != "mask_rcnn" or "detector" not in head_args):
-        head_args["detector"] = config.detector
-    model = build_task_model(config.task, config.model, len(classes), model_args=config.model_args,
-                             head_args=head_args, data_config=data_config, label_names=classes,
-                             drop_path_rate=config.drop_path)
-    if len(train_set) < config.batch_size * ctx.world_size:
-        raise ValueError(f"the training set has {len(train_set)} samples, fewer than one batch "
-                         f"({config.batch_size} x {ctx.world_size} processes)")
-    if config.init_checkpoint and resume_state is None:
-        _init_task_weights(model, config.init_checkpoint, log)
-    if config.grad_checkpointing:
-        from ..tasks.build import task_backbone
-
-        task_backbone(model).set_grad_checkpointing(True)
-    T.use_fast_kernels(model, config.fast_kernels)
-    model = T.place_model(model, config, ctx)
-
-    optimizer = T.make_optimizer(config, model)
-    sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                 seed=config.seed, drop_last=True)
-    train_loader = T.train_loader(train_set, config, ctx, sampler, collate_fn=task.collate_fn)
-    scheduler = T.make_scheduler(config, optimizer, len(train_loader))
-    scaler = T.make_scaler(config, ctx)
-    start_epoch, best, best_epoch = 0, -math.inf, -1
-    if resume_state is not None:
-        start_epoch = T.restore_training_state(resume_state, model, optimizer, scheduler, scaler, None, config, log)
-        best, best_epoch = float(resume_state["best_metric"]), int(resume_state["best_epoch"])
-        log(f"resumed {run.root} after epoch {start_epoch} (best val {task.metric} {best:.2f} at epoch "
-            f"{best_epoch + 1})")
-    else:
-        torch.manual_seed(config.seed + ctx.rank)
-    metrics = T.open_run(config, run, ctx, start_epoch if resume_state else None)
-    train_model = T.wrap_distributed(model, ctx, find_unused_parameters=config.task == "detection")
-    autocast = lambda: T.autocast_context(config, ctx.device)  # noqa: E731
-    if start_epoch == 0:
-        log(f"training {config.task} with {config.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M "
-            f"params) on {config.data}: {len(train_set)} train / {len(val_set)} val samples, {len(classes)} "
-            f"{'joints' if config.task == 'pose' else 'classes'}, {task.describe()}, {ctx.world_size} process(es) on "
-            f"{ctx.device}, run dir {run.root}")
-
-    num_updates = start_epoch * len(train_loader)
-    for epoch in range(start_epoch, config.epochs):
-        sampler.set_epoch(epoch)
-        train_model.train()
-        t0 = time.perf_counter()
-        loss_sum = seen = 0.0
-        skipped_before = train_loader.skipped
-        bar = T.progress_bar(config, ctx, len(train_loader), f"epoch {epoch + 1}/{config.epochs}")
-        try:
-            for step, batch in enumerate(train_loader):
-                batch = _to(batch, ctx.device)
-                with autocast():
-                    loss, n = task.loss(train_model, model, batch)
-                T.check_finite(loss, epoch, step, run)
-                T.optimizer_step(loss, model, optimizer, scaler, config)
-                num_updates += 1
-                scheduler.step_update(num_updates=num_updates)
-                loss_sum += loss.item() * n
-                seen += n
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
-        finally:
-            bar.close()
-        train_time = time.perf_counter() - t0
-        loss_sum, seen, train_skipped = T.all_reduce_sum(
-            [loss_sum, seen, train_loader.skipped - skipped_before], ctx)
-        if seen == 0:
-            raise ValueError(f"every training batch of epoch {epoch + 1} was unreadable ({int(train_skipped)} bad "
-                             "samples skipped)")
-        scheduler.step(epoch + 1)
-        ctx.broadcast_buffers(model)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # pycocotools / empty-prediction chatter
-            val = task.evaluate(model, val_set, ctx, config.batch_size, config.workers)
-        score = val[task.metric]
-        is_best = not math.isnan(score) and score > best
-        if is_best:
-            best, best_epoch = score, epoch
-        lr = optimizer.param_groups[0]["lr"]
-        row: Dict[str, float] = dict(epoch=epoch + 1, train_loss=loss_sum / seen)
-        row.update({f"val_{k}": float(v) for k, v in val.items()})
-        row.update(lr=lr, epoch_time=train_time, images_per_sec=seen / train_time)
-        if ctx.is_main:
-            state = dict(epoch=epoch, best_metric=best, best_epoch=best_epoch, metric=task.metric,
-                         optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                         scaler=scaler.state_dict() if scaler else None, rng=T.rng_state(),
-                         config=dict(config.to_dict(), data_config=data_config))
-            metrics.log(row)
-            run.save(epoch, model, state, is_best, label_names=classes)
-        ctx.barrier()
-        log(f"epoch {epoch + 1:>3}/{config.epochs}  train loss {row['train_loss']:.4f}  val "
-            f"{format_metrics(val, task.shown)}  lr {lr:.2e}  {row['images_per_sec']:.1f} img/s  {train_time:.1f}s"
-            + T.skipped_text(train_skipped, task.skipped) + ("  *best*" if is_best else ""))
-    if metrics is not None:
-        metrics.close()
-    log(f"best val {task.metric} {best:.2f} at epoch {best_epoch + 1}; checkpoints in {run.root} (best, last)")
-    return dict(best_metric=best, metric=task.metric, best_epoch=best_epoch + 1, run_dir=str(run.root),
-                classes=classes)
 
 
 # --------------------------------------------------------------------------------------------- eval / predict

@@ -1,4 +1,5 @@
-"""torchrun integration: process-group setup from the environment, rank helpers and metric reduction."""
+"""torchrun integration: process-group setup from the environment, rank helpers, metric reduction (timm's
+``reduce_tensor``) and BatchNorm statistics shared from rank 0 (timm's ``distribute_bn``)."""
 from __future__ import annotations
 
 import os
@@ -7,9 +8,10 @@ from typing import Any, Iterator, List, Sequence
 
 import torch
 import torch.distributed as dist
+from timm.utils import distribute_bn, reduce_tensor
 from torch.utils.data import Sampler
 
-__all__ = ["DistContext", "init_distributed", "ShardSampler", "all_reduce_sum"]
+__all__ = ["DistContext", "init_distributed", "resolve_device", "ShardSampler", "all_reduce_sum", "gather"]
 
 
 @dataclass
@@ -31,12 +33,12 @@ class DistContext:
         if self.distributed:
             dist.barrier()
 
-    def broadcast_buffers(self, module: torch.nn.Module) -> None:
-        """Copy rank 0's buffers (BatchNorm statistics) to every rank, so that all ranks evaluate — and rank 0
-        saves — the same model. Without SyncBN each rank's statistics drift apart during training."""
+    def broadcast_bn(self, module: torch.nn.Module) -> None:
+        """Copy rank 0's BatchNorm running statistics to every rank (timm's ``distribute_bn``), so that all ranks
+        evaluate — and rank 0 saves — the same model. Without SyncBN each rank's statistics drift apart during
+        training; the models have no other buffers that training changes."""
         if self.distributed:
-            for buffer in module.buffers():
-                dist.broadcast(buffer, src=0)
+            distribute_bn(module, self.world_size, reduce=False)
 
     def broadcast_object(self, obj: Any) -> Any:
         """Rank 0's ``obj`` (a small picklable value) on every rank."""
@@ -78,11 +80,20 @@ def init_distributed(device: str = "auto") -> DistContext:
 
 
 def all_reduce_sum(values: Sequence[float], ctx: DistContext) -> List[float]:
-    """Sum a few scalars over all ranks (float64, so counts stay exact)."""
+    """Sum a few scalars over all ranks (float64, so counts stay exact; timm's ``reduce_tensor`` over n=1)."""
     t = torch.tensor(list(values), dtype=torch.float64, device=ctx.device if ctx.device.type == "cuda" else "cpu")
     if ctx.distributed:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t = reduce_tensor(t, 1)
     return t.tolist()
+
+
+def gather(items: List[Any], ctx: DistContext) -> List[Any]:
+    """Concatenate a per-rank list over all ranks (every rank gets the whole list)."""
+    if not ctx.distributed:
+        return items
+    parts: List[Any] = [None] * ctx.world_size
+    dist.all_gather_object(parts, items)
+    return [x for part in parts for x in part]
 
 
 class ShardSampler(Sampler[int]):

@@ -14,7 +14,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -27,10 +27,10 @@ from ..tasks.build import load_pretrained
 from ..data.datasets import IMG_EXTENSIONS
 from ..models.uniformer_video import video_protocol
 from ..tasks.official import from_official_config
-from .checkpointing import TRAINING_STATE, resolve_checkpoint_path
+from .rundir import TRAINING_STATE, resolve_checkpoint_path
 
 __all__ = ["default_input", "load_model_for_inference", "ema_state_dict", "official_model", "image_files",
-           "check_predictions_path", "write_predictions"]
+           "check_predictions_path", "write_predictions", "class_names", "classify_images", "video_logits"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -41,7 +41,7 @@ def default_input(model: nn.Module, side: Optional[int] = None) -> Tuple[int, ..
     size = model.pretrained_cfg["input_size"]  # (C, H, W), video (C, T, H, W)
     c, h = size[0], side or size[-1]
     if getattr(model, "dims", 2) == 3:
-        return (c, video_protocol(model.pretrained_cfg)["frames"], h, h)
+        return (c, video_protocol(model.pretrained_cfg).frames, h, h)
     return (c, h, h)
 
 
@@ -203,3 +203,67 @@ def write_predictions(records: Sequence[Mapping[str, Any]], path: PathLike, meta
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path
+
+
+# ---------------------------------------------------------------------------------------------- classification
+def class_names(num_classes: int, labels_file: Optional[PathLike], saved: Optional[Sequence[str]]) -> List[str]:
+    """Label names: ``labels_file`` (one name per line), else the names saved with the model, else ImageNet-1K for
+    1000 classes, else ``class i``. ``ValueError`` for a labels file of another length."""
+    if labels_file:
+        path = Path(labels_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"labels file not found: {path}")
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if len(names) != num_classes:
+            raise ValueError(f"labels file {path} has {len(names)} names but the model has {num_classes} classes")
+        return names
+    if saved and len(saved) == num_classes:
+        return list(saved)
+    if num_classes == 1000:
+        from timm.data import ImageNetInfo
+
+        info = ImageNetInfo()
+        return [info.index_to_description(i) for i in range(1000)]
+    return [f"class {i}" for i in range(num_classes)]
+
+
+def classify_images(model: nn.Module, images: Sequence[str], k: int,
+                    side: Optional[int] = None) -> Iterator[Tuple[str, List[Tuple[float, int]]]]:
+    """(image, [(probability, class index)] of the ``k`` most likely classes) per image, one at a time: each image
+    resized and centre-cropped by timm's eval transform of the model's pretrained config (square ``side`` instead
+    of its input size). ``model`` must be in eval mode."""
+    from timm.data import create_transform, resolve_data_config
+
+    from ..data import load_image
+
+    overrides = {"input_size": (3, side, side)} if side else {}
+    transform = create_transform(**resolve_data_config(overrides, model=model))
+    for image in images:
+        x = transform(load_image(image)).unsqueeze(0)
+        with torch.inference_mode():
+            probs = model(x).float().softmax(dim=-1)[0]
+        top = probs.topk(k)
+        yield image, list(zip(top.values.tolist(), top.indices.tolist()))
+
+
+def video_logits(model: nn.Module, video: PathLike, *, frames: int, stride: int, sampler: str, size: int,
+                 clips: int, crops: int, frame_template: str, frame_start: int) -> Tuple[torch.Tensor, float, List[float]]:
+    """A video file or frame folder decoded into ``clips`` x ``crops`` views (the model's mean/std) and run through
+    ``model`` (eval mode) clip by clip: ((1, clips x crops, K) logits, decode milliseconds, milliseconds per clip)."""
+    import time
+
+    from ..data.video import load_video_views
+
+    cfg = model.pretrained_cfg
+    t0 = time.perf_counter()
+    views = load_video_views(video, num_frames=frames, stride=stride, sampler=sampler, img_size=size, num_clips=clips,
+                             num_crops=crops, mean=cfg["mean"], std=cfg["std"], frame_template=frame_template,
+                             frame_start=frame_start)
+    decode_ms = 1000 * (time.perf_counter() - t0)
+    logits, clip_ms = [], []
+    with torch.inference_mode():
+        for clip in views.split(crops):  # one clip = its spatial crops, timed separately
+            t0 = time.perf_counter()
+            logits.append(model(clip))
+            clip_ms.append(1000 * (time.perf_counter() - t0))
+    return torch.cat(logits).unsqueeze(0), decode_ms, clip_ms

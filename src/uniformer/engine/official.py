@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -20,12 +20,14 @@ import torch.nn as nn
 from PIL import Image
 
 from ..data import BadSample, load_image
+from ..data.ade20k import SegmentationDataset
+from ..data.coco import load_coco, read_json
+from ..data.coco_keypoints import COCO_KEYPOINT_NAMES
 from ..data.mm_pipelines import box_to_center_scale, mmdet_test_input, mmseg_test_input, topdown_affine_input
-from ..tasks import pose as pose_lib
-from ..tasks.coco import label_maps
+from ..tasks import pose_eval
 from ..tasks.detection import CocoDetection, coco_results, evaluate_coco, save_detection_overlay
-from ..tasks.segmentation import SegmentationDataset, SegmentationMetric, save_overlay
-from ..tasks.seg_heads import mmseg_inference
+from ..tasks.mmseg import mmseg_inference
+from ..tasks.segmentation import SegmentationMetric, save_overlay
 from .dense import (coco_split, data_root, detection_summary, overlay_paths, pose_summary, seg_split,
                     segmentation_summary)
 from .distributed import resolve_device
@@ -91,8 +93,8 @@ def estimate_poses(model: nn.Module, image: np.ndarray, boxes: Sequence[Sequence
         crops.append(x)
         centers.append(center)
         scales.append(scale)
-    heatmaps = pose_lib.official_heatmaps(model.eval(), _on_model(model, torch.cat(crops))).cpu()
-    keypoints, maxvals = pose_lib.decode_heatmaps(heatmaps, np.stack(centers), np.stack(scales))
+    heatmaps = pose_eval.official_heatmaps(model.eval(), _on_model(model, torch.cat(crops))).cpu()
+    keypoints, maxvals = pose_eval.decode_heatmaps(heatmaps, np.stack(centers), np.stack(scales))
     return keypoints, maxvals, np.stack(centers), np.stack(scales)
 
 
@@ -138,8 +140,6 @@ def _person_samples(coco: Any, person_boxes: Optional[str], det_bbox_thr: float
                     ) -> Iterator[Tuple[int, List[float], float]]:
     """(image id, box xywh, box score) for every person to estimate: ground-truth boxes, or a detections JSON."""
     if person_boxes:
-        from ..tasks.coco import read_json
-
         for det in read_json(Path(person_boxes)):
             if det.get("category_id", 1) == 1 and float(det.get("score", 1.0)) > det_bbox_thr:
                 yield int(det["image_id"]), [float(v) for v in det["bbox"]], float(det.get("score", 1.0))
@@ -151,11 +151,9 @@ def _person_samples(coco: Any, person_boxes: Optional[str], det_bbox_thr: float
 
 def _pose_eval(model: nn.Module, root: Path, split: str, person_boxes: Optional[str], skip_bad: bool,
                limit: Optional[int]) -> Dict[str, float]:
-    from ..tasks.coco import load_coco
-
     opts = _options(model)
     images, ann = coco_split(root, split, "pose")
-    coco = load_coco(ann, keypoints=len(pose_lib.COCO_KEYPOINT_NAMES), skip_bad=skip_bad)
+    coco = load_coco(ann, keypoints=len(COCO_KEYPOINT_NAMES), skip_bad=skip_bad)
     by_image: Dict[int, List[Tuple[List[float], float]]] = {}
     for image_id, box, score in _person_samples(coco, person_boxes, float(opts.get("det_bbox_thr", 0.0))):
         by_image.setdefault(image_id, []).append((box, score))
@@ -167,10 +165,10 @@ def _pose_eval(model: nn.Module, root: Path, split: str, person_boxes: Optional[
         image = _rgb(images / info["file_name"])
         boxes = [b for b, _ in by_image[image_id]]
         keypoints, maxvals, centers, scales = estimate_poses(model, image, boxes)
-        results += pose_lib.official_keypoint_results(
+        results += pose_eval.official_keypoint_results(
             keypoints, maxvals, [image_id] * len(boxes), [s for _, s in by_image[image_id]], centers, scales,
             category_id=person_cat, vis_thr=float(opts.get("vis_thr", 0.2)), oks_thr=float(opts.get("oks_thr", 0.9)))
-    return pose_lib.evaluate_keypoints(coco, results, img_ids=sorted(coco.getImgIds()))
+    return pose_eval.evaluate_keypoints(coco, results, img_ids=sorted(coco.getImgIds()))
 
 
 def evaluate_official(model: nn.Module, data: str, split: str = "val", person_boxes: Optional[str] = None,
@@ -218,7 +216,7 @@ def _predict_one(model: nn.Module, path: Path, png: Path, score_threshold: float
         return detection_summary(out["boxes"], out["labels"], out["scores"], names, score_threshold)
     boxes = [list(b) for b in boxes] if boxes else [[0.0, 0.0, float(img.width), float(img.height)]]
     keypoints, maxvals, _, _ = estimate_poses(model, image, boxes)
-    pose_lib.save_pose_overlay(img, torch.cat([keypoints, maxvals], dim=-1), png)
+    pose_eval.save_pose_overlay(img, torch.cat([keypoints, maxvals], dim=-1), png)
     return pose_summary(boxes, keypoints, maxvals)
 
 

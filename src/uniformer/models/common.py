@@ -1,12 +1,28 @@
-"""timm-contract methods shared by every classification model of the package."""
+"""timm-contract methods shared by every classification model of the package, and :func:`eval_mode`, the one way
+the package runs a model in eval mode and restores the caller's modes after."""
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Iterator, Optional
 
 import torch
 import torch.nn as nn
 
-__all__ = ["ClassifierAPI", "check_global_pool", "check_input_dtype"]
+__all__ = ["ClassifierAPI", "check_global_pool", "check_input_dtype", "eval_mode"]
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module, no_grad: bool = False) -> Iterator[nn.Module]:
+    """``model`` in eval mode for the body of a ``with`` block (with ``no_grad=True`` also without autograd); on
+    leaving it, even by an exception, every submodule gets back the train/eval mode it had before."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad() if no_grad else contextlib.nullcontext():
+            yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 def check_input_dtype(model: nn.Module, x: torch.Tensor) -> None:

@@ -7,7 +7,7 @@ official state dicts load with ``strict=True``. Architectures are registered wit
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -22,8 +22,9 @@ from ..layers import (CheckpointedBlock, ConvDown, ConvStem, GlobalBlock, LocalB
                       check_dims, is_tracing)
 from .common import ClassifierAPI, check_global_pool, check_input_dtype
 from .dense import DenseMixin
+from .token_labeling import TokenLabelingMixin
 
-__all__ = ["UniFormer", "UniFormerDense", "TokenLabelingOutput", "per_stage"]
+__all__ = ["UniFormer", "UniFormerDense", "per_stage"]
 
 INPUT_MULTIPLE = 32  # total stride: sides that are multiples of it give the same grid for every stem
 
@@ -37,16 +38,7 @@ def per_stage(value: Any, name: str, num_stages: int = 4) -> List[Any]:
     return [value] * num_stages
 
 
-class TokenLabelingOutput(NamedTuple):
-    """Training output of a token-labeling model (after ``set_token_labeling(True)``): class logits (B, K), per-token
-    logits (B, N, K) and the MixToken box (x1, y1, x2, y2) on the stride-4 grid (all 0 without MixToken)."""
-
-    cls_logits: torch.Tensor
-    aux_logits: torch.Tensor
-    box: Tuple[int, int, int, int]
-
-
-class UniFormer(ClassifierAPI, nn.Module):
+class UniFormer(TokenLabelingMixin, ClassifierAPI, nn.Module):
     """UniFormer backbone + classifier for images (``dims=2``) and videos (``dims=3``).
 
     Args use the official keyword names: ``depth``/``embed_dim`` (per stage), ``head_dim`` (heads = C // head_dim),
@@ -223,15 +215,6 @@ class UniFormer(ClassifierAPI, nn.Module):
             if isinstance(module, CheckpointedBlock):
                 module.grad_checkpointing = enable
 
-    @torch.jit.ignore
-    def set_token_labeling(self, enable: bool = True) -> None:
-        """Training-mode ``forward`` returns a :class:`TokenLabelingOutput` (the official token-labeling training,
-        MixToken included when ``mix_token``); off by default, so ``forward`` always returns logits (timm's contract,
-        as timm's VOLO)."""
-        if enable and not self.return_dense:
-            raise ValueError(f"{type(self).__name__} has no token-labeling head: build a *_tl model (return_dense)")
-        self.token_labeling = enable
-
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """Replace every classifier (``head``, and ``aux_head``/``head_cls`` where present) with ``num_classes``."""
         self._reset_pool_and_classes(num_classes, global_pool)
@@ -355,51 +338,6 @@ class UniFormer(ClassifierAPI, nn.Module):
         if self.token_labeling and self.training and not torch.jit.is_scripting():
             return self.forward_token_labeling(x)  # type: ignore[return-value]
         return self.forward_head(self.forward_features(x))
-
-    # ------------------------------------------------------------------------------------------- token labeling
-    @staticmethod
-    def mix_token_box(size: Sequence[int], lam: float, generator: Optional[torch.Generator] = None) -> Tuple[int, ...]:
-        """MixToken box (x1, y1, x2, y2) on a grid of ``size`` = (dim2, dim3): cut ratio √(1−λ), uniform centre.
-
-        As in the official code, x indexes dim 2 and y dims 3 of the map.
-        """
-        W, H = int(size[0]), int(size[1])
-        cut = (1.0 - lam) ** 0.5
-        cut_w, cut_h = int(W * cut), int(H * cut)
-        cx = int(torch.randint(W, (1,), generator=generator))
-        cy = int(torch.randint(H, (1,), generator=generator))
-        clip = lambda v, hi: min(max(v, 0), hi)  # noqa: E731
-        return clip(cx - cut_w // 2, W), clip(cy - cut_h // 2, H), clip(cx + cut_w // 2, W), clip(cy + cut_h // 2, H)
-
-    @torch.jit.ignore
-    def forward_token_labeling(self, x: torch.Tensor) -> TokenLabelingOutput:
-        """Class and per-token logits of the official token-labeling training (MixToken in training mode when
-        ``mix_token``)."""
-        if not self.return_dense:
-            raise ValueError(f"{type(self).__name__} has no token-labeling head: build a *_tl model (return_dense)")
-        self.check_input(x)
-        x = self._stem(x)
-        box = (0, 0, 0, 0)
-        if self.mix_token and self.training:
-            lam = float(torch.distributions.Beta(1.0, 1.0).sample())
-            box = self.mix_token_box(x.shape[2:4], lam)
-            x1, y1, x2, y2 = box
-            mixed = x.clone()
-            mixed[:, :, x1:x2, y1:y2] = x.flip(0)[:, :, x1:x2, y1:y2]
-            x = mixed
-        x = self.norm(self._stages_from_stem(x, 4)[-1])
-        B, _, h, w = x.shape
-        tokens = x.flatten(2).transpose(1, 2)
-        cls_logits = self.head(self.head_drop(tokens.mean(dim=1)))
-        aux = self.aux_head(tokens)
-        if box != (0, 0, 0, 0):
-            x1, y1, x2, y2 = (v // 8 for v in box)  # stride-4 grid → stride-32 grid
-            aux = aux.reshape(B, h, w, -1)
-            restored = aux.clone()
-            restored[:, x1:x2, y1:y2] = aux.flip(0)[:, x1:x2, y1:y2]
-            aux = restored.reshape(B, h * w, -1)
-        return TokenLabelingOutput(cls_logits, aux, box)
-
 
 class UniFormerDense(DenseMixin, UniFormer):
     """Dense UniFormer-S/B backbone: ``create_model("uniformer_small", features_only=True, ...)``. Keywords

@@ -7,17 +7,18 @@ used in training.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
-from ..layers import ConvStem, HourglassBlock, PatchEmbed, initial_prune_state, validate_prune_schedule
+from ..layers import (ConvStem, HourglassBlock, PatchEmbed, initial_prune_state, is_tracing,
+                      validate_prune_schedule)
 from .dense import DenseMixin
 from .uniformer import UniFormer, create_uniformer, image_cfg, per_stage
 
-__all__ = ["UniFormerLight", "UniFormerLightDense", "default_prune_schedule"]
+__all__ = ["UniFormerLight", "UniFormerLightDense", "LightTrainingOutput", "default_prune_schedule"]
 
 
 def default_prune_schedule(depth: Sequence[int], ratio: float = 0.5) -> List[List[float]]:
@@ -25,12 +26,20 @@ def default_prune_schedule(depth: Sequence[int], ratio: float = 0.5) -> List[Lis
     return [[], [], [1.0] + [ratio] * (depth[2] - 1), [ratio] * depth[3]]
 
 
+class LightTrainingOutput(NamedTuple):
+    """Training-mode output of a light model: the logits of ``head`` (on the pooled map; the eval output) and of
+    ``head_cls`` (on the class token). The official recipe trains both with 0.5·CE each."""
+
+    logits: torch.Tensor
+    cls_logits: torch.Tensor
+
+
 class UniFormerLight(UniFormer):
     """Hourglass UniFormer (XXS/XS). Extra keywords: ``prune_ratio``, ``trade_off`` (per-stage lists, stages 1–2 empty;
     default: the official schedule for ``depth``).
 
-    ``forward`` returns logits in eval mode and ``(head_logits, cls_logits)`` in training mode (the official recipe
-    trains both with 0.5·CE each; TorchScript keeps the eval output). ``forward_features`` returns the normalised
+    ``forward`` returns logits in eval mode and a :class:`LightTrainingOutput` (``logits``, ``cls_logits``) in
+    training mode (TorchScript keeps the eval output). ``forward_features`` returns the normalised
     map only.
     """
 
@@ -129,7 +138,10 @@ class UniFormerLight(UniFormer):
         x, cls = self.forward_features_with_cls(x)
         logits = self.forward_head(x)
         if self.training and not torch.jit.is_scripting():
-            return logits, self.head_cls(self.norm_cls(cls))  # type: ignore[return-value]
+            cls_logits = self.head_cls(self.norm_cls(cls))
+            if is_tracing():  # a traced graph returns a plain pair (timm's fx tools take the output node's inputs)
+                return logits, cls_logits  # type: ignore[return-value]
+            return LightTrainingOutput(logits, cls_logits)  # type: ignore[return-value]
         return logits
 
 

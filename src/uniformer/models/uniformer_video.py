@@ -1,19 +1,22 @@
 """Video UniFormer (ICLR 2022): the image classes with ``dims=3`` — same blocks, 3-D kernels — and their timm
-registration. Each checkpoint tag records its evaluation protocol (frames, stride, sampler, views) and label set.
+registration. Each checkpoint tag has its evaluation protocol (:class:`VideoProtocol`: frames, stride, sampler, views;
+the table :data:`VIDEO_PROTOCOLS`) and its label set.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 from timm.models import generate_default_cfgs, register_model
 
 from .uniformer import ORIGIN, UniFormer, create_uniformer
 from .uniformer_light import UniFormerLight
 
-__all__ = ["video_cfg", "video_protocol", "kinetics400_classes", "kinetics600_classes", "VIDEO_MEAN", "VIDEO_STD",
-           "HUB_VIDEO"]
+__all__ = ["VideoProtocol", "VIDEO_PROTOCOLS", "PROTOCOL_KEY", "video_cfg", "video_protocol", "with_video_protocol",
+           "kinetics400_classes", "kinetics600_classes", "VIDEO_MEAN", "VIDEO_STD", "HUB_VIDEO"]
 
 VIDEO_MEAN = (0.45, 0.45, 0.45)
 VIDEO_STD = (0.225, 0.225, 0.225)
@@ -45,12 +48,71 @@ def kinetics600_classes() -> Tuple[str, ...]:
     return names
 
 
+@dataclass(frozen=True)
+class VideoProtocol:
+    """How a video checkpoint is evaluated (and, unless overridden, trained): clips of ``frames`` frames taken
+    ``stride`` frames apart by the ``sampler`` (``dense``: Kinetics; ``segment``: TSN / Something-Something), scored
+    over ``views`` = CLIPSxCROPS."""
+
+    frames: int = 16
+    stride: int = 4
+    sampler: str = "dense"
+    views: str = "1x1"
+
+    @property
+    def notes(self) -> Tuple[str, ...]:
+        """The protocol as pretrained-cfg notes (``frames=16``, ``stride=4``, …): what ``uniformer info`` shows and
+        what a folder saved for timm keeps (timm's pretrained cfg has no field of our own)."""
+        return tuple(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self))
+
+    @classmethod
+    def from_notes(cls, notes: Optional[Iterable[Any]]) -> Optional["VideoProtocol"]:
+        """The protocol written as notes (folders saved before config.json had a ``video_protocol`` entry, folders
+        read by timm's ``local-dir:``), defaults for fields not noted; None when the notes carry none of it."""
+        values: Dict[str, Any] = {}
+        for note in notes or ():
+            key, _, value = str(note).partition("=")
+            if key in ("frames", "stride"):
+                values[key] = int(value)
+            elif key in ("sampler", "views"):
+                values[key] = value
+        return cls(**values) if values else None
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "VideoProtocol":
+        """The protocol of a ``video_protocol`` entry of a saved ``config.json``."""
+        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PROTOCOL_KEY = "video_protocol"  # a model's VideoProtocol in its pretrained_cfg, and its entry in a saved config.json
+
+_KINETICS = "dense", "4x1"  # 4 clips x 1 crop
+_SSV = "segment", "1x3"  # 1 clip x 3 crops
+_STANDARD: Dict[str, VideoProtocol] = {  # uniformer_video_small and _base
+    **{f"k400_{t}x{s}": VideoProtocol(t, s, *_KINETICS) for t, s in ((16, 4), (8, 8), (16, 8), (32, 4))},
+    **{f"k600_{t}x{s}": VideoProtocol(t, s, *_KINETICS) for t, s in ((16, 4), (16, 8), (32, 4))},
+    **{f"ssv{v}_{t}_prek{k}": VideoProtocol(t, 1, *_SSV) for v in (1, 2) for t in (16, 32) for k in (400, 600)},
+}
+_LIGHT_SIZES = {  # the light models' K400 tags: (frames, side), sparse segment sampling, 1x1 view
+    "uniformer_video_xxs": ((16, 160), (4, 128), (4, 160), (8, 128), (8, 160), (16, 128), (32, 160)),
+    "uniformer_video_xs": ((32, 192),),
+}
+VIDEO_PROTOCOLS: Dict[str, VideoProtocol] = {  # "architecture.tag" -> the protocol of that official checkpoint
+    **{f"uniformer_video_{size}.{tag}": p for size in ("small", "base") for tag, p in _STANDARD.items()},
+    **{f"{arch}.k400_{t}f_{side}": VideoProtocol(t, 1, "segment", "1x1") for arch, sizes in _LIGHT_SIZES.items()
+       for t, side in sizes},
+}
+
+
 def video_cfg(
-    num_classes: int, frames: int, stride: int, sampler: str, views: str, head_dim: int, size: int = 224,
+    num_classes: int, protocol: VideoProtocol, head_dim: int, size: int = 224,
     label_names: Optional[Sequence[str]] = None, first_conv: str = "patch_embed1.proj",
     classifier: Any = "head", filename: str = "", **kwargs: Any,
 ) -> Dict[str, Any]:
-    """Pretrained config of one official video checkpoint; the protocol lives in ``notes`` (see video_protocol).
+    """Pretrained config of one official video checkpoint; its ``notes`` show the ``protocol``.
 
     ``filename`` names the checkpoint in the authors' Hub repository (:data:`HUB_VIDEO`), so that
     ``pretrained=True`` downloads it (or reads it from the Hugging Face cache offline); without it the weights are
@@ -60,7 +122,7 @@ def video_cfg(
         raise ValueError(f"{len(label_names)} label names for a {num_classes}-class checkpoint")
     cfg = dict(
         num_classes=num_classes,
-        input_size=(3, size, size),  # timm's (C, H, W); the frame count is in the notes (video_protocol)
+        input_size=(3, size, size),  # timm's (C, H, W); the frame count is the protocol's
         fixed_input_size=False,
         crop_pct=1.0,
         interpolation="bilinear",
@@ -71,7 +133,7 @@ def video_cfg(
         license="mit",
         paper_ids=PAPER_VIDEO,
         origin_url=ORIGIN,
-        notes=(f"head_dim={head_dim}", f"frames={frames}", f"stride={stride}", f"sampler={sampler}", f"views={views}"),
+        notes=(f"head_dim={head_dim}", *protocol.notes),
         label_names=tuple(label_names) if label_names else None,
     )
     if filename:
@@ -80,16 +142,23 @@ def video_cfg(
     return cfg
 
 
-def video_protocol(pretrained_cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """Frames, stride, sampler and views recorded in a video tag's notes (defaults: 16 frames, stride 4, dense, 1x1)."""
-    proto: Dict[str, Any] = dict(frames=16, stride=4, sampler="dense", views="1x1")
-    for note in pretrained_cfg.get("notes") or ():
-        key, _, value = str(note).partition("=")
-        if key in ("frames", "stride"):
-            proto[key] = int(value)
-        elif key in ("sampler", "views"):
-            proto[key] = value
-    return proto
+def video_protocol(pretrained_cfg: Mapping[str, Any]) -> VideoProtocol:
+    """The protocol of a video model's pretrained cfg: its own (:data:`PROTOCOL_KEY`, set by training and by
+    loading a saved folder), else the one its notes record (folders saved by older versions or read through timm),
+    else its tag's (:data:`VIDEO_PROTOCOLS`), else the default (16 frames, stride 4, dense, 1x1)."""
+    own = pretrained_cfg.get(PROTOCOL_KEY)
+    if own is not None:
+        return own if isinstance(own, VideoProtocol) else VideoProtocol.from_dict(own)
+    noted = VideoProtocol.from_notes(pretrained_cfg.get("notes"))
+    if noted is not None:
+        return noted
+    name = f"{pretrained_cfg.get('architecture')}.{pretrained_cfg.get('tag')}"
+    return VIDEO_PROTOCOLS.get(name, VideoProtocol())
+
+
+def with_video_protocol(pretrained_cfg: Mapping[str, Any], protocol: VideoProtocol, head_dim: int) -> Dict[str, Any]:
+    """``pretrained_cfg`` recording ``protocol`` as the model's own, with notes that show it."""
+    return dict(pretrained_cfg, **{PROTOCOL_KEY: protocol}, notes=(f"head_dim={head_dim}", *protocol.notes))
 
 
 def _standard_tags(size: str, head_dim: int) -> Dict[str, Dict[str, Any]]:
@@ -102,33 +171,28 @@ def _standard_tags(size: str, head_dim: int) -> Dict[str, Dict[str, Any]]:
     """
     k400, k600 = kinetics400_classes(), kinetics600_classes()
     tags = {}
-    for frames, stride in ((16, 4), (8, 8), (16, 8), (32, 4)):
-        tags[f"k400_{frames}x{stride}"] = video_cfg(400, frames, stride, "dense", "4x1", head_dim, label_names=k400,
-                                                    filename=f"uniformer_{size}_k400_{frames}x{stride}.pth")
-    for frames, stride in ((16, 4), (16, 8), (32, 4)):
-        tags[f"k600_{frames}x{stride}"] = video_cfg(600, frames, stride, "dense", "4x1", head_dim, label_names=k600,
-                                                    filename=f"uniformer_{size}_k600_{frames}x{stride}.pth")
-    for version in (1, 2):
-        for frames in (16, 32):
-            for source in (400, 600):
-                clip = "" if frames == 16 else f"_{frames}"  # official names mark only the 32-frame files
-                tags[f"ssv{version}_{frames}_prek{source}"] = video_cfg(
-                    174, frames, 1, "segment", "1x3", head_dim,
-                    filename=f"uniformer_{size}_sthv{version}{clip}_prek{source}.pth",  # e.g. …_sthv2_32_prek600
-                )
+    for tag, protocol in _STANDARD.items():
+        if tag.startswith("k"):
+            classes = k400 if tag.startswith("k400") else k600
+            tags[tag] = video_cfg(len(classes), protocol, head_dim, label_names=classes,
+                                  filename=f"uniformer_{size}_{tag}.pth")
+        else:  # official names mark only the 32-frame files, e.g. …_sthv2_32_prek600
+            version, frames, source = tag.split("_")
+            clip = "" if frames == "16" else f"_{frames}"
+            tags[tag] = video_cfg(174, protocol, head_dim, filename=f"uniformer_{size}_sthv{version[3:]}{clip}_{source}.pth")
     return tags
 
 
-def _light_tags(head_dim: int, settings: Sequence[tuple]) -> Dict[str, Dict[str, Any]]:
+def _light_tags(arch: str, head_dim: int) -> Dict[str, Dict[str, Any]]:
     """K400 tags of a light video model (sparse segment sampling, 1×1 view). No Hub file is recorded: the weights come
     from the official model zoo as local files (``checkpoint_path=``)."""
     k400 = kinetics400_classes()
     return {
         f"k400_{frames}f_{size}": video_cfg(
-            400, frames, 1, "segment", "1x1", head_dim, size=size, label_names=k400,
+            400, VIDEO_PROTOCOLS[f"{arch}.k400_{frames}f_{size}"], head_dim, size=size, label_names=k400,
             first_conv="patch_embed1.proj.0", classifier=("head", "head_cls"),
         )
-        for frames, size in settings
+        for frames, size in _LIGHT_SIZES[arch]
     }
 
 
@@ -136,9 +200,8 @@ default_cfgs = generate_default_cfgs(
     {
         **{f"uniformer_video_small.{t}": c for t, c in _standard_tags("small", 64).items()},
         **{f"uniformer_video_base.{t}": c for t, c in _standard_tags("base", 64).items()},
-        **{f"uniformer_video_xxs.{t}": c for t, c in _light_tags(
-            28, ((16, 160), (4, 128), (4, 160), (8, 128), (8, 160), (16, 128), (32, 160))).items()},
-        **{f"uniformer_video_xs.{t}": c for t, c in _light_tags(32, ((32, 192),)).items()},
+        **{f"uniformer_video_xxs.{t}": c for t, c in _light_tags("uniformer_video_xxs", 28).items()},
+        **{f"uniformer_video_xs.{t}": c for t, c in _light_tags("uniformer_video_xs", 32).items()},
     }
 )
 

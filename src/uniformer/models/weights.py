@@ -8,6 +8,7 @@ only holds plain values.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ import torch.nn as nn
 
 from .._io import PathLike, atomic_path
 from .convert import convert_state_dict
+from .uniformer_video import PROTOCOL_KEY, video_protocol
 
 __all__ = [
     "read_checkpoint", "load_checkpoint", "LoadResult", "save_pretrained", "read_model_config", "load_task_weights",
@@ -205,7 +207,8 @@ def save_pretrained(
     data_config: Optional[Dict[str, Any]] = None,
 ) -> Path:
     """Write ``model.safetensors`` and a timm-style ``config.json`` (architecture, model args incl. head_dim,
-    preprocessing, label names) into ``directory``; both files are replaced atomically. ``data_config`` overrides
+    preprocessing, label names; for video models the :class:`~uniformer.models.uniformer_video.VideoProtocol` as
+    ``video_protocol``) into ``directory``; both files are replaced atomically. ``data_config`` overrides
     the recorded preprocessing (e.g. ``{"input_size": (3, 64, 64)}`` for a model trained at 64²).
 
     For a classifier, ``config.json`` is what timm's ``save_for_hf`` writes for the same model (``architecture``,
@@ -226,8 +229,14 @@ def save_pretrained(
         with atomic_path(directory / "config.json") as tmp:
             tmp.write_text(json.dumps(task_config, indent=2))
         return directory
-    notes = [str(n) for n in (getattr(model, "pretrained_cfg", {}) or {}).get("notes") or () if not str(n).startswith("head_dim=")]
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    notes = [str(n) for n in cfg.get("notes") or () if not str(n).startswith("head_dim=")]
     model_config: Dict[str, Any] = {"pretrained_cfg": {"notes": [f"head_dim={getattr(model, 'head_dim', None)}", *notes]}}
+    if getattr(model, "dims", 2) == 3:  # video: the protocol as a typed entry (the notes keep showing it for timm)
+        model_config[PROTOCOL_KEY] = video_protocol(cfg).to_dict()
+    if PROTOCOL_KEY in cfg:  # not a timm pretrained-cfg field: timm sees the model without it
+        model = copy.copy(model)
+        model.pretrained_cfg = {k: v for k, v in cfg.items() if k != PROTOCOL_KEY}
     if label_names is not None:
         if len(label_names) != getattr(model, "num_classes", len(label_names)):
             raise ValueError(f"{len(label_names)} label names for a model with {model.num_classes} classes")

@@ -10,15 +10,17 @@ from __future__ import annotations
 import copy
 from typing import Any, Mapping, Optional, Sequence
 
+import timm
 import torch.nn as nn
 
 from .._io import PathLike
-from ..models.factory import create_model, resolve_model_name
+from ..models.factory import create_model, list_models, resolve_model_name
 from ..models.weights import load_checkpoint, load_task_weights, read_model_config
+from ..models.uniformer_video import PROTOCOL_KEY, VideoProtocol
 from .official import from_official_config
-from .segmentation import backbone_channels
+from .segmentation import SegmentationModel, backbone_channels
 
-__all__ = ["DENSE_TASKS", "LEGACY_DENSE_NAMES", "build_backbone", "backbone_channels", "build_task_model",
+__all__ = ["DENSE_TASKS", "LEGACY_DENSE_NAMES", "build_backbone", "resolve_backbone_name", "backbone_channels", "build_task_model",
            "model_from_config", "task_backbone", "load_pretrained"]
 
 DENSE_TASKS = ("segmentation", "detection", "pose")
@@ -28,21 +30,44 @@ DENSE_TASKS = ("segmentation", "detection", "pose")
 LEGACY_DENSE_NAMES = {f"uniformer_{size}_dense": f"uniformer_{size}" for size in ("small", "base", "xxs", "xs")}
 
 
+def resolve_backbone_name(name: str) -> str:
+    """``name`` with a legacy ``*_dense`` name mapped, if it names one of our models or any model in timm's registry;
+    else ``ValueError`` with close-name suggestions."""
+    arch, dot, tag = name.partition(".")
+    name = LEGACY_DENSE_NAMES.get(arch, arch) + dot + tag
+    if arch in timm.list_models() and arch not in list_models():
+        return name  # a plain timm model (resnet18, convnext_tiny, ...)
+    return resolve_model_name(name)  # ours; unknown names: one line with close-name suggestions
+
+
+def _stride_4_to_32(name: str, args: Mapping[str, Any]) -> nn.Module:
+    """A timm model's ``features_only`` extractor restricted to its stride 4, 8, 16 and 32 maps."""
+    probe = timm.create_model(name, features_only=True, **args)
+    strides = list(probe.feature_info.reduction())
+    if "out_indices" in args:
+        return probe
+    missing = [s for s in (4, 8, 16, 32) if s not in strides]
+    if missing:
+        raise ValueError(f"{name} cannot serve as a dense backbone: its feature maps have strides {strides}, "
+                         "the dense heads need 4, 8, 16 and 32")
+    keep = tuple(probe.feature_info.out_indices[strides.index(s)] for s in (4, 8, 16, 32))
+    return probe if len(strides) == 4 else timm.create_model(name, features_only=True, out_indices=keep, **args)
+
+
 def build_backbone(name: str, model_args: Optional[Mapping[str, Any]] = None, drop_path_rate: float = 0.0) -> nn.Module:
     """A backbone returning its stride 4/8/16/32 maps: timm's ``features_only=True`` on a model name. UniFormer
     image models give their dense backbone (the official ``norm1..4`` on every stage; ``model_args`` may set
-    ``windows``/``hybrid``/``window_size``, ``out_indices``, ``frozen_stages``, ``norm_eval``)."""
-    arch, dot, tag = name.partition(".")
-    name = LEGACY_DENSE_NAMES.get(arch, arch) + dot + tag
-    resolve_model_name(name)  # unknown names: one line with close-name suggestions
+    ``windows``/``hybrid``/``window_size``, ``out_indices``, ``frozen_stages``, ``norm_eval``); any other timm model
+    with stride 4..32 features (``resnet18``, ``convnext_tiny``, ...) gives those four maps."""
+    name = resolve_backbone_name(name)
     args = dict(model_args or {})
     if drop_path_rate:
         args["drop_path_rate"] = drop_path_rate
+    ours = name.partition(".")[0] in list_models()
     try:
-        backbone = create_model(name, features_only=True, **args)
+        backbone = create_model(name, features_only=True, **args) if ours else _stride_4_to_32(name, args)
     except (RuntimeError, TypeError, AssertionError) as e:
-        raise ValueError(f"{name} cannot serve as a dense backbone (timm features_only failed: {e}); use a "
-                         "UniFormer image model such as uniformer_small") from None
+        raise ValueError(f"{name} cannot serve as a dense backbone (timm features_only failed: {e})") from None
     if getattr(getattr(backbone, "model", backbone), "dims", 2) != 2:
         raise ValueError(f"{name} is a video model; the dense tasks need an image backbone such as uniformer_small")
     return backbone
@@ -72,7 +97,7 @@ def build_task_model(
       :func:`~uniformer.tasks.detection.build_mask_rcnn` for ``num_classes`` object classes (+ background),
       ``head_args``: ``fpn_channels`` and ``MaskRCNN`` keywords; 'cascade_mask_rcnn': the official mmdet Cascade Mask
       R-CNN 3x heads via :func:`~uniformer.tasks.mmdet_rcnn.build_mmdet_detector`, ``head_args``: the options of
-      :func:`~uniformer.tasks.mmdet_rcnn.cascade_task_config`; ``data_config``: ``min_size``, ``max_size``.
+      :func:`~uniformer.tasks.mmdet_configs.cascade_task_config`; ``data_config``: ``min_size``, ``max_size``.
     - ``pose``: :class:`~uniformer.tasks.pose.TopDownPoseModel` with ``num_classes`` joints; ``head_args``:
       ``deconv_channels``, ``num_deconv``.
     """
@@ -86,8 +111,6 @@ def build_task_model(
     channels = backbone_channels(body)
     model: nn.Module
     if task == "segmentation":
-        from .segmentation import SegmentationModel
-
         kwargs = dict(head_args)
         head = kwargs.pop("head", "fpn")
         model = SegmentationModel(body, num_classes, head=head, in_channels=channels, **kwargs)
@@ -100,7 +123,8 @@ def build_task_model(
 
             model = build_mask_rcnn(body, channels, num_classes + 1, **sizes, **kwargs)
         elif detector == "cascade_mask_rcnn":
-            from .mmdet_rcnn import build_mmdet_detector, cascade_task_config
+            from .mmdet_configs import cascade_task_config
+            from .mmdet_rcnn import build_mmdet_detector
 
             model = build_mmdet_detector(cascade_task_config(num_classes, channels, **kwargs), body, **sizes)
         else:
@@ -157,4 +181,6 @@ def load_pretrained(path: PathLike, **overrides: Any) -> nn.Module:
     labels = config.get("label_names") or config.get("pretrained_cfg", {}).get("label_names")
     if labels:
         model.pretrained_cfg = dict(model.pretrained_cfg, label_names=tuple(labels))
+    if config.get(PROTOCOL_KEY):  # a video model's evaluation protocol
+        model.pretrained_cfg = dict(model.pretrained_cfg, **{PROTOCOL_KEY: VideoProtocol.from_dict(config[PROTOCOL_KEY])})
     return model

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from pycocotools.coco import COCO
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.onnx import operators
@@ -27,11 +27,14 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
-from torchvision.transforms.functional import pil_to_tensor
+from torchvision.transforms.functional import pil_to_tensor, to_pil_image
+from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from ..data import load_image
-from .coco import (PathLike, coco_eval_stats, label_maps, load_coco, mask_to_rle, save_image_atomic, stats_to_dict,
-                   to_pil_rgb)
+from ..data.coco import PathLike, coco_eval_stats, label_maps, load_coco, mask_to_rle, stats_to_dict
+from ..data.images import save_image_atomic, to_pil_rgb
+from ..data.padding import pad_to_multiple
+from .necks import check_feature_levels
 
 __all__ = [
     "UniFormerFPNBackbone",
@@ -48,22 +51,6 @@ __all__ = [
 SIZE_DIVISIBLE = 32  # UniFormer needs input sides that are multiples of its coarsest stride
 COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 Target = Dict[str, torch.Tensor]
-
-
-def _feature_list(features: Any, in_channels: Sequence[int], owner: str) -> List[torch.Tensor]:
-    """The backbone output as a list of NCHW maps with ``in_channels``, or ``ValueError`` saying what was found."""
-    if isinstance(features, Mapping):
-        features = list(features.values())
-    if not isinstance(features, (list, tuple)) or len(features) != len(in_channels):
-        found = f"{len(features)} maps" if isinstance(features, (list, tuple)) else type(features).__name__
-        raise ValueError(f"{owner}: the backbone must return {len(in_channels)} feature maps (strides 4/8/16/32), "
-                         f"found {found}")
-    for i, (f, c) in enumerate(zip(features, in_channels)):
-        if not isinstance(f, torch.Tensor) or f.ndim != 4 or f.shape[1] != c:
-            shape = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
-            raise ValueError(f"{owner}: backbone level {i} must be a (B, {c}, H, W) map (in_channels[{i}] = {c}), "
-                             f"found {shape}")
-    return list(features)
 
 
 class UniFormerFPNBackbone(nn.Module):
@@ -98,12 +85,8 @@ class UniFormerFPNBackbone(nn.Module):
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         if x.ndim != 4:
             raise ValueError(f"{type(self).__name__} expects a (B, C, H, W) batch, got shape {tuple(x.shape)}")
-        d = self.size_divisible
-        pad_h, pad_w = (-x.shape[-2]) % d, (-x.shape[-1]) % d
-        # traced / exported graphs always pad (tested first: no guard on the size), by what the input size needs
-        if torch.jit.is_tracing() or torch.compiler.is_exporting() or pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
-        features = _feature_list(self.body(x), self.in_channels, type(self).__name__)
+        x = pad_to_multiple(x, self.size_divisible)
+        features = check_feature_levels(self.body(x), self.in_channels, type(self).__name__, backbone=True)
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features)))
 
 
@@ -230,7 +213,7 @@ class CocoDetection(Dataset):
     """A COCO-format detection / instance-segmentation dataset read with pycocotools.
 
     ``images_dir`` holds the files named by ``images[].file_name``; ``annotation_json`` is validated by
-    :func:`uniformer.tasks.coco.load_coco` (bad annotations raise ``ValueError`` naming the annotation id, or are
+    :func:`uniformer.data.coco.load_coco` (bad annotations raise ``ValueError`` naming the annotation id, or are
     skipped with a warning when ``skip_bad``). Original category ids (possibly non-contiguous, e.g. 3 and 7) map to
     contiguous labels 1..K in id order: ``cat_ids``, ``cat_id_to_label``, ``label_to_cat_id`` and ``classes`` (K names,
     ``classes[label - 1]``). Item ``i`` is ``(image, target)``: image float [0, 1] (3, H, W); target ``boxes`` xyxy
@@ -388,7 +371,7 @@ def evaluate_coco(
     for iou_type in iou_types:
         if iou_type not in ("bbox", "segm"):
             raise ValueError(f"iou_types must be 'bbox' and/or 'segm', got {iou_type!r} (keypoints: "
-                             "uniformer.tasks.pose.evaluate_keypoints)")
+                             "uniformer.tasks.pose_eval.evaluate_keypoints)")
         stats = coco_eval_stats(coco_gt, results, iou_type, img_ids=img_ids, quiet_output=quiet)
         metrics.update(stats_to_dict(stats[:6], COCO_STAT_NAMES, prefix=f"{iou_type}_"))
     return metrics
@@ -407,42 +390,41 @@ def save_detection_overlay(
     mask_threshold: float = 0.5,
 ) -> Path:
     """Draw the detections of ``prediction`` (``boxes`` xyxy, ``labels``, ``scores`` and optionally ``masks`` (N, 1,
-    H, W) or (N, H, W)) with score ≥ ``score_threshold`` on ``image`` (original size, as Mask R-CNN's outputs are):
-    translucent masks, box outlines and "name score" captions (``class_names[label − 1]``, as
-    :attr:`CocoDetection.classes`). Written atomically with PIL; returns the path."""
-    img = to_pil_rgb(image).convert("RGBA")
+    H, W) or (N, H, W)) with score ≥ ``score_threshold`` on ``image`` (original size, as Mask R-CNN's outputs are)
+    with ``torchvision.utils``: translucent masks (``draw_segmentation_masks``; where masks overlap the later
+    detection's colour is shown), box outlines and "name score" captions on the box colour
+    (``draw_bounding_boxes``; ``class_names[label − 1]``, as :attr:`CocoDetection.classes`). Written atomically
+    with PIL; returns the path."""
+    img = to_pil_rgb(image)
     for k in ("boxes", "labels", "scores"):
         if k not in prediction:
             raise ValueError(f"prediction lacks {k!r} (found {sorted(prediction)})")
-    keep = (prediction["scores"].detach().cpu() >= score_threshold).nonzero().flatten().tolist()
-    boxes = prediction["boxes"].detach().cpu().tolist()
-    labels = prediction["labels"].detach().cpu().tolist()
-    scores = prediction["scores"].detach().cpu().tolist()
+    keep = (prediction["scores"].detach().cpu() >= score_threshold).nonzero().flatten()
+    boxes = prediction["boxes"].detach().cpu()[keep].to(torch.float32)
+    labels = prediction["labels"].detach().cpu()[keep].tolist()
+    scores = prediction["scores"].detach().cpu()[keep].tolist()
     masks = prediction.get("masks")
     if masks is not None:
         masks = masks.detach().cpu()
         masks = masks[:, 0] if masks.ndim == 4 else masks
         if masks.shape[-2:] != (img.height, img.width):
             raise ValueError(f"masks are {tuple(masks.shape[-2:])} but the image is {(img.height, img.width)}")
-    overlay = Image.new("RGBA", img.size, (0, 0, 0, 0))
-    for i in keep:
-        color = _PALETTE[int(labels[i]) % len(_PALETTE)]
-        if masks is not None:
-            alpha = Image.fromarray(((masks[i] > mask_threshold).numpy() * 110).astype(np.uint8), "L")
-            overlay.paste(Image.new("RGBA", img.size, color + (255,)), (0, 0), alpha)
-    img = Image.alpha_composite(img, overlay)
-    draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
-    for i in keep:
-        color = _PALETTE[int(labels[i]) % len(_PALETTE)]
-        x1, y1, x2, y2 = boxes[i]
-        draw.rectangle([x1, y1, x2, y2], outline=color + (255,), width=2)
-        label = int(labels[i])
-        known = class_names is not None and 1 <= label <= len(class_names)
-        name = class_names[label - 1] if known else f"class {label}"
-        caption = f"{name} {scores[i]:.2f}"
-        tx, ty = x1, max(0.0, y1 - 12)
-        left, top, right, bottom = draw.textbbox((tx, ty), caption, font=font)
-        draw.rectangle([left - 1, top - 1, right + 1, bottom + 1], fill=color + (255,))
-        draw.text((tx, ty), caption, fill=(255, 255, 255, 255), font=font)
-    return save_image_atomic(img.convert("RGB"), output_path)
+    canvas = pil_to_tensor(img)
+    if len(labels) == 0:
+        return save_image_atomic(img, output_path)
+    colors = [_PALETTE[int(label) % len(_PALETTE)] for label in labels]
+    if masks is not None:
+        shown = masks[keep] > mask_threshold
+        covered = torch.zeros_like(shown[0])
+        for i in range(shown.shape[0] - 1, -1, -1):  # a later detection's mask covers the earlier ones
+            shown[i] &= ~covered
+            covered |= shown[i]
+        canvas = draw_segmentation_masks(canvas, shown, alpha=110 / 255, colors=colors)
+    captions = []
+    for label, score in zip(labels, scores):
+        known = class_names is not None and 1 <= int(label) <= len(class_names)
+        name = class_names[int(label) - 1] if known else f"class {int(label)}"
+        captions.append(f"{name} {score:.2f}")
+    canvas = draw_bounding_boxes(canvas, boxes, labels=captions, colors=colors, width=2, label_colors="white",
+                                 fill_labels=True)
+    return save_image_atomic(to_pil_image(canvas), output_path)

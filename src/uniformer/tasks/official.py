@@ -26,11 +26,13 @@ import torch
 import torch.nn as nn
 
 from ..models.weights import read_checkpoint
+from ..data.coco_keypoints import COCO_KEYPOINT_NAMES
 from ..data.mm_pipelines import ade20k_class_names
-from . import mmdet_rcnn, pose, seg_heads
+from . import mmdet_configs, mmdet_rcnn, mmdet_weights, mmseg, pose
 from .mmconfig import read_mm_config
 from .official_backbone import build_official_backbone, official_backbone_name
 from .official_zoo import OFFICIAL_DENSE_CONFIGS, OfficialConfig, official_config_entry
+from .segmentation import SegmentationModel
 
 __all__ = ["from_official_config", "load_official_checkpoint", "official_model_config", "official_task",
            "official_test_options",
@@ -57,9 +59,9 @@ def official_model_config(name: str) -> Dict[str, Any]:
     config by name or official path, as the official files define it."""
     entry = official_config_entry(name)
     if entry.task == "detection":
-        cfg = mmdet_rcnn.official_detector_config(entry.name)
+        cfg = mmdet_configs.official_detector_config(entry.name)
     elif entry.task == "segmentation":
-        cfg = seg_heads.official_segmentor_config(entry.name)
+        cfg = mmseg.official_segmentor_config(entry.name)
     else:
         cfg = pose.official_pose_config(entry.name)
     return cfg if "model" in cfg else {"model": cfg}
@@ -135,9 +137,9 @@ def _class_names(task: str, count: int, checkpoint_meta: Optional[Mapping[str, A
     if task == "segmentation" and count == 150:
         return ade20k_class_names()
     if task == "detection" and count == 80:
-        return mmdet_rcnn.coco80_class_names()
-    if task == "pose" and count == len(pose.COCO_KEYPOINT_NAMES):
-        return list(pose.COCO_KEYPOINT_NAMES)
+        return mmdet_configs.coco80_class_names()
+    if task == "pose" and count == len(COCO_KEYPOINT_NAMES):
+        return list(COCO_KEYPOINT_NAMES)
     return None
 
 
@@ -169,7 +171,7 @@ def from_official_config(config: Union[PathLike, Mapping[str, Any]],
         raise ValueError(f"the {model_cfg['type']} config has no backbone dict")
     backbone = build_official_backbone(model_cfg["backbone"], out_indices=(3,) if task == "pose" else (0, 1, 2, 3))
     if task == "segmentation":
-        model = seg_heads.build_mmseg_segmentor(model_cfg, backbone)
+        model = mmseg.build_mmseg_segmentor(model_cfg, backbone)
     elif task == "detection":
         model = mmdet_rcnn.build_mmdet_detector(model_cfg, backbone)
     else:
@@ -199,13 +201,11 @@ def _converter(model: nn.Module):
     task = official_task(model.official_config) if hasattr(model, "official_config") else _model_task(model)
     if task is None:
         raise ValueError(f"{type(model).__name__} is not an official dense model (build it with from_official_config)")
-    return {"segmentation": seg_heads.convert_mmseg_state_dict, "detection": mmdet_rcnn.convert_mmdet_state_dict,
+    return {"segmentation": mmseg.convert_mmseg_state_dict, "detection": mmdet_weights.convert_mmdet_state_dict,
             "pose": pose.convert_mmpose_state_dict}[task]
 
 
 def _model_task(model: nn.Module) -> Optional[str]:
-    from .segmentation import SegmentationModel
-
     if isinstance(model, SegmentationModel):
         return "segmentation"
     if isinstance(model, pose.TopDownPoseModel):

@@ -1,400 +1,39 @@
-"""Semantic segmentation on top of any four-level backbone (spec ``uniformer.md`` §5.3, ``ecosystem.md`` §5): an
-ADE20K-layout dataset, mmseg-style joint image/mask transforms, the Semantic FPN, VT-FPN and UperNet (+ FCN auxiliary)
-heads wrapped in :class:`SegmentationModel`, whole-image and sliding-window inference, the dataset-level mIoU metric
-and colour overlays. The FPN / VT-FPN necks and the GroupNorm FPN head are those of :mod:`uniformer.tasks.vt_fpn`;
-the mmseg heads (BatchNorm Semantic FPN, UperNet, FCN) and the official mmseg models are in
-:mod:`uniformer.tasks.seg_heads`.
+"""Semantic segmentation on top of any four-level backbone (spec ``uniformer.md`` §5.3, ``ecosystem.md`` §5): the
+Semantic FPN, VT-FPN and UperNet (+ FCN auxiliary) heads wrapped in :class:`SegmentationModel`, whole-image and
+sliding-window inference, the dataset-level mIoU metric and colour overlays. The ADE20K-layout dataset and its
+transforms are in :mod:`uniformer.data.ade20k`; the FPN neck in :mod:`uniformer.tasks.necks`, the VT-FPN neck in
+:mod:`uniformer.tasks.vt_fpn`, the heads (mmseg's BatchNorm Semantic FPN, UperNet, FCN, and the GroupNorm Semantic
+FPN) in :mod:`uniformer.tasks.seg_heads`, and the official mmseg models in :mod:`uniformer.tasks.mmseg`.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from torch.utils.data import Dataset
+from PIL import Image
+from torchvision.utils import draw_segmentation_masks
 
-from .._io import atomic_path
-from ..data import BadSample, load_image
-from .seg_heads import AUX_LOSS_WEIGHT, ConvBNReLU, FCNAuxHead, FPNHead, UperNetHead
-from .vt_fpn import ConvFPNNeck, SemanticFPNHead, VTFPNNeck, check_feature_levels
+from .._io import PathLike, atomic_path
+from ..data import load_image
+from ..data.ade20k import IGNORE_INDEX, int_pair
+from ..data.padding import pad_to_multiple
+from ..models.common import eval_mode
+from .necks import ConvFPNNeck, check_feature_levels
+from .seg_heads import AUX_LOSS_WEIGHT, FCNAuxHead, FPNHead, SemanticFPNHead, UperNetHead
+from .vt_fpn import VTFPNNeck
 
 __all__ = [
-    "SegmentationDataset", "SegTrainTransform", "SegEvalTransform", "ConvBNReLU", "FPNHead", "UperNetHead",
-    "FCNAuxHead", "SegmentationModel",
-    "slide_inference", "whole_inference", "predict_mask", "SegmentationMetric", "segmentation_palette",
-    "save_overlay", "backbone_channels", "IGNORE_INDEX",
+    "SegmentationModel", "slide_inference", "whole_inference", "predict_mask", "SegmentationMetric",
+    "segmentation_palette", "save_overlay", "backbone_channels",
 ]
 
-PathLike = Union[str, os.PathLike]
-IGNORE_INDEX = 255
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SIZE_DIVISOR = 32  # inputs are padded to a multiple of the coarsest backbone stride
 HEADS = ("fpn", "fpn-gn", "vt-fpn", "upernet")
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# helpers
-# ----------------------------------------------------------------------------------------------------------------------
-
-def _pair(value: Union[int, Sequence[int]], name: str) -> Tuple[int, int]:
-    """``(h, w)`` from an int or a pair of positive ints, else ``ValueError`` naming the argument."""
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or any(not isinstance(v, (int, np.integer)) or v <= 0 for v in pair):
-        raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {value!r}")
-    return int(pair[0]), int(pair[1])
-
-
-def _uniform(low: float, high: float) -> float:
-    """A float drawn uniformly from [low, high) with torch's global RNG."""
-    return low + (high - low) * float(torch.rand(()))
-
-
-def _randint(low: int, high: int) -> int:
-    """An int drawn uniformly from [low, high) with torch's global RNG."""
-    return int(torch.randint(low, high, ()))
-
-
-def _checked_pair(image: Image.Image, mask: Union[np.ndarray, Image.Image, torch.Tensor]
-                  ) -> Tuple[Image.Image, np.ndarray]:
-    """RGB image and mask array of the same size (else ValueError naming both sizes)."""
-    mask = _as_mask_array(mask)
-    image = image.convert("RGB")
-    if mask.shape != (image.height, image.width):
-        raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but image is {image.width}x{image.height}; "
-                         "expected the same size")
-    return image, mask
-
-
-def _as_mask_array(mask: Union[np.ndarray, Image.Image, torch.Tensor]) -> np.ndarray:
-    """A (H, W) uint8 label array from a numpy array, tensor or L/P-mode PIL image (palette images by their
-    indices); ``ValueError`` for anything else or labels outside 0..255."""
-    if isinstance(mask, Image.Image):
-        if mask.mode not in ("L", "P"):
-            raise ValueError(f"a mask image must be single-channel 8-bit (mode L or P), found mode {mask.mode}")
-        return np.array(mask, dtype=np.uint8)
-    arr = mask.cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
-    if arr.ndim != 2:
-        raise ValueError(f"a mask must be a (H, W) array of class indices, got shape {arr.shape}")
-    if arr.dtype != np.uint8:
-        if not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"a mask must hold integer class indices, got dtype {arr.dtype}")
-        if arr.size and (arr.min() < 0 or arr.max() > 255):
-            raise ValueError(f"mask labels must lie in 0..255 (255 = ignore), found {int(arr.min())}..{int(arr.max())}")
-        arr = arr.astype(np.uint8)
-    return arr
-
-
-def _normalise(image: Image.Image, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """RGB PIL image → float (3, H, W) tensor ``(x / 255 − mean) / std``."""
-    x = torch.from_numpy(np.array(image.convert("RGB"), dtype=np.float32)).permute(2, 0, 1) / 255.0
-    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return (x - m) / s
-
-
-def _keep_ratio_size(size: Tuple[int, int], scale: Sequence[float]) -> Tuple[int, int]:
-    """mmcv ``rescale_size``: the (H, W) that ``size`` (H, W) takes when rescaled, keeping its aspect ratio, as large as
-    possible with its long side ≤ max(scale) and its short side ≤ min(scale)."""
-    h, w = size
-    factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
-    return max(1, int(h * factor + 0.5)), max(1, int(w * factor + 0.5))
-
-
-def _check_scale(scale: Optional[Sequence[float]], name: str = "scale") -> Optional[Tuple[float, float]]:
-    if scale is None:
-        return None
-    pair = tuple(scale)
-    if len(pair) != 2 or any(not isinstance(v, (int, float)) or v <= 0 for v in pair):
-        raise ValueError(f"{name} must be None or a pair of positive numbers (long, short side), got {scale!r}")
-    return float(pair[0]), float(pair[1])
-
-
-def _check_norm(mean: Sequence[float], std: Sequence[float]) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
-    mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
-    if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
-        raise ValueError(f"mean and std must be 3 values each (std positive), got mean={mean}, std={std}")
-    return mean, std
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# dataset
-# ----------------------------------------------------------------------------------------------------------------------
-
-def _list_files(directory: Path, suffixes: Sequence[str]) -> Dict[str, Path]:
-    """Stem → path of the non-hidden files in ``directory`` with one of ``suffixes`` (case-insensitive); a stem
-    present twice (``a.jpg`` and ``a.png``) is a ``ValueError`` naming both files."""
-    found: Dict[str, Path] = {}
-    for p in sorted(directory.iterdir()):
-        if p.name.startswith(".") or not p.is_file() or p.suffix.lower() not in suffixes:
-            continue
-        if p.stem in found:
-            raise ValueError(f"two files share the stem {p.stem!r} in {directory}: {found[p.stem].name} and {p.name}; "
-                             "expected one file per sample")
-        found[p.stem] = p
-    return found
-
-
-def _names_preview(names: Sequence[str], limit: int = 5) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
-class SegmentationDataset(Dataset):
-    """An ADE20K-layout segmentation split: ``root/images/{split}/*.jpg|jpeg|png`` with, for each image, the 8-bit
-    single-channel label PNG ``root/annotations/{split}/<same stem>.png`` (palette-mode PNGs are read by their indices,
-    255 = ignore). Class names come from ``class_names_file`` or ``root/classes.txt`` (one per line, blank lines
-    skipped), else are "0".."K-1" with K = ``num_classes`` (which then is required). ``reduce_zero_label=True``
-    (ADE20K) maps label 0 to 255 and shifts the others down by one. Image/mask pairing is checked at construction
-    (``FileNotFoundError`` naming the unmatched files); mask mode, size and values are checked when an item is read:
-    values ≥ K other than 255 raise ``ValueError`` naming the mask and the values, or, with ``skip_bad=True``, come
-    back as a :class:`~uniformer.data.BadSample` naming the image (dropped from its batch by
-    :class:`~uniformer.data.DropBadCollate`; never replaced by another item). ``transform(image PIL, mask uint8
-    array)`` must return ``(image, mask)``; by default images become ImageNet-normalised float (3, H, W) tensors and
-    masks (H, W) long tensors, at the original size.
-    """
-
-    def __init__(self, root: PathLike, split: str, num_classes: Optional[int] = None, reduce_zero_label: bool = False,
-                 transform: Optional[Any] = None, class_names_file: Optional[PathLike] = None,
-                 skip_bad: bool = False) -> None:
-        self.root, self.split = Path(root), split
-        self.reduce_zero_label, self.transform, self.skip_bad = reduce_zero_label, transform, skip_bad
-        self.ignore_index = IGNORE_INDEX
-        self.classes = self._read_classes(num_classes, class_names_file)
-        self.num_classes = len(self.classes)
-        image_dir, mask_dir = self.root / "images" / split, self.root / "annotations" / split
-        for d in (image_dir, mask_dir):
-            if not d.is_dir():
-                raise FileNotFoundError(f"segmentation split {split!r}: directory {d} not found (expected the ADE20K "
-                                        "layout root/images/<split> and root/annotations/<split>)")
-        images = _list_files(image_dir, IMAGE_SUFFIXES)
-        masks = _list_files(mask_dir, (".png",))
-        no_mask = [images[s].name for s in images if s not in masks]
-        if no_mask:
-            raise FileNotFoundError(f"{len(no_mask)} image(s) in {image_dir} have no annotation PNG of the same stem in "
-                                    f"{mask_dir}: {_names_preview(no_mask)}")
-        no_image = [masks[s].name for s in masks if s not in images]
-        if no_image:
-            raise FileNotFoundError(f"{len(no_image)} annotation(s) in {mask_dir} have no image of the same stem in "
-                                    f"{image_dir}: {_names_preview(no_image)}")
-        if not images:
-            raise ValueError(f"no images ({'/'.join(IMAGE_SUFFIXES)}) found in {image_dir}")
-        self.samples: List[Tuple[Path, Path]] = [(images[s], masks[s]) for s in sorted(images)]
-
-    def _read_classes(self, num_classes: Optional[int], class_names_file: Optional[PathLike]) -> List[str]:
-        if num_classes is not None and (not isinstance(num_classes, int) or not 1 <= num_classes <= IGNORE_INDEX):
-            raise ValueError(f"num_classes must be an int in 1..{IGNORE_INDEX}, got {num_classes!r}")
-        if class_names_file is not None:
-            path = Path(class_names_file)
-            if not path.is_file():
-                raise FileNotFoundError(f"class names file {path} not found")
-        else:
-            path = self.root / "classes.txt"
-        if path.is_file():
-            names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            if not names:
-                raise ValueError(f"class names file {path} is empty; expected one class name per line")
-            if len(names) > IGNORE_INDEX:
-                raise ValueError(f"class names file {path} lists {len(names)} classes; at most {IGNORE_INDEX} fit "
-                                 "8-bit masks with 255 = ignore")
-            if num_classes is not None and num_classes != len(names):
-                raise ValueError(f"num_classes={num_classes} but {path} lists {len(names)} class names")
-            return names
-        if num_classes is None:
-            raise ValueError(f"no class names file ({path} not found): pass num_classes or class_names_file")
-        return [str(i) for i in range(num_classes)]
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def load_mask(self, index: int) -> np.ndarray:
-        """The (H, W) uint8 label array of sample ``index`` after reduce-zero-label, validated against K."""
-        path = self.samples[index][1]
-        try:
-            with Image.open(path) as img:
-                img.load()
-                if img.mode not in ("L", "P"):
-                    raise ValueError(f"mask {path} must be an 8-bit single-channel PNG (mode L or P), "
-                                     f"found mode {img.mode}")
-                mask = np.array(img, dtype=np.uint8)
-        except UnidentifiedImageError:
-            raise ValueError(f"cannot read mask {path}: not an image file PIL recognises") from None
-        except (OSError, SyntaxError) as e:
-            raise ValueError(f"cannot read mask {path}: {e}") from None
-        if self.reduce_zero_label:
-            mask = mask.copy()
-            mask[mask == 0] = IGNORE_INDEX
-            mask = mask - 1
-            mask[mask == IGNORE_INDEX - 1] = IGNORE_INDEX
-        bad = np.unique(mask[(mask >= self.num_classes) & (mask != IGNORE_INDEX)])
-        if bad.size:
-            shown = [int(v) for v in bad[:10]]
-            hint = " (after reduce_zero_label)" if self.reduce_zero_label else ""
-            raise ValueError(f"mask {path} has label values {shown}{' ...' if bad.size > 10 else ''}{hint}; expected "
-                             f"0..{self.num_classes - 1} ({self.num_classes} classes) or {IGNORE_INDEX} = ignore")
-        return mask
-
-    def _load(self, index: int) -> Tuple[Image.Image, np.ndarray]:
-        image_path, mask_path = self.samples[index]
-        image = load_image(image_path)
-        mask = self.load_mask(index)
-        if mask.shape != (image.height, image.width):
-            raise ValueError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {image_path} is "
-                             f"{image.width}x{image.height}; expected the same size")
-        return image, mask
-
-    def __getitem__(self, index: int) -> Union[Tuple[Any, Any], BadSample]:
-        n = len(self.samples)
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for a dataset of {n} items")
-        index %= n
-        try:
-            image, mask = self._load(index)
-        except (ValueError, FileNotFoundError) as e:
-            if not self.skip_bad:
-                raise
-            return BadSample(index, str(self.samples[index][0]), str(e))
-        if self.transform is not None:
-            return self.transform(image, mask)
-        return _normalise(image, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD), torch.from_numpy(mask.astype(np.int64))
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# transforms
-# ----------------------------------------------------------------------------------------------------------------------
-
-def _photometric_distortion(image: Image.Image) -> Image.Image:
-    """mmseg ``PhotoMetricDistortion`` with torch's RNG: each with probability ½, brightness ±32, contrast ×[0.5, 1.5]
-    (before or after the colour steps, at random), saturation ×[0.5, 1.5] and hue ±18° (OpenCV's 0–180 scale)."""
-    arr = np.array(image, dtype=np.float32)
-
-    def contrast(a: np.ndarray) -> np.ndarray:
-        return np.clip(a * _uniform(0.5, 1.5), 0, 255) if _randint(0, 2) else a
-
-    if _randint(0, 2):
-        arr = np.clip(arr + _uniform(-32, 32), 0, 255)
-    contrast_first = _randint(0, 2) == 1
-    if contrast_first:
-        arr = contrast(arr)
-    do_sat, sat = _randint(0, 2), _uniform(0.5, 1.5)
-    do_hue, hue = _randint(0, 2), _randint(-18, 18)
-    if do_sat or do_hue:
-        hsv = np.array(Image.fromarray(arr.astype(np.uint8)).convert("HSV"), dtype=np.float32)
-        if do_sat:
-            hsv[..., 1] = np.clip(hsv[..., 1] * sat, 0, 255)
-        if do_hue:
-            hsv[..., 0] = (hsv[..., 0] + hue * 256.0 / 180.0) % 256.0
-        arr = np.array(Image.fromarray(hsv.round().astype(np.uint8), mode="HSV").convert("RGB"), dtype=np.float32)
-    if not contrast_first:
-        arr = contrast(arr)
-    return Image.fromarray(arr.astype(np.uint8))
-
-
-class SegTrainTransform:
-    """mmseg training pipeline on an (RGB PIL image, mask) pair, drawing from torch's global RNG: rescale keeping the
-    aspect ratio to fit ``scale`` × r, r ~ U(``ratio_range``) (bilinear image, nearest mask; ``scale=None`` skips it),
-    random ``crop_size`` (H, W) crop retried up to 10 times until no class covers ``cat_max_ratio`` or more of the
-    crop's non-ignored pixels and at least two classes are present (the last try is kept otherwise; exactly mmseg's
-    rule), horizontal flip with probability ``hflip``, optional photometric distortion, normalisation, and padding on
-    the right/bottom to ``crop_size`` with 0 (image, after normalisation) and ``ignore_index`` (mask). Returns
-    (float (3, h, w) tensor, long (h, w) tensor) with (h, w) = ``crop_size``.
-    """
-
-    def __init__(self, crop_size: Union[int, Sequence[int]] = (512, 512),
-                 scale: Optional[Sequence[float]] = (2048, 512), ratio_range: Optional[Sequence[float]] = (0.5, 2.0),
-                 cat_max_ratio: float = 0.75, hflip: float = 0.5, photometric: bool = False,
-                 mean: Sequence[float] = IMAGENET_DEFAULT_MEAN, std: Sequence[float] = IMAGENET_DEFAULT_STD,
-                 ignore_index: int = IGNORE_INDEX) -> None:
-        self.crop_size = _pair(crop_size, "crop_size")
-        self.scale = _check_scale(scale)
-        if ratio_range is not None:
-            ratio_range = tuple(float(r) for r in ratio_range)
-            if len(ratio_range) != 2 or not 0 < ratio_range[0] <= ratio_range[1]:
-                raise ValueError(f"ratio_range must be None or (low, high) with 0 < low <= high, got {ratio_range}")
-        self.ratio_range = ratio_range
-        if not 0 < cat_max_ratio <= 1:
-            raise ValueError(f"cat_max_ratio must lie in (0, 1] (1 disables the check), got {cat_max_ratio}")
-        if not 0 <= hflip <= 1:
-            raise ValueError(f"hflip is a probability in [0, 1], got {hflip}")
-        self.cat_max_ratio, self.hflip, self.photometric = float(cat_max_ratio), float(hflip), photometric
-        self.mean, self.std = _check_norm(mean, std)
-        self.ignore_index = ignore_index
-
-    def _crop_box(self, h: int, w: int) -> Tuple[int, int, int, int]:
-        ch, cw = self.crop_size
-        y = _randint(0, max(h - ch, 0) + 1)
-        x = _randint(0, max(w - cw, 0) + 1)
-        return y, min(y + ch, h), x, min(x + cw, w)
-
-    def _crop_ok(self, crop: np.ndarray) -> bool:
-        labels, counts = np.unique(crop, return_counts=True)
-        counts = counts[labels != self.ignore_index]
-        return len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio
-
-    def __call__(self, image: Image.Image, mask: Union[np.ndarray, Image.Image, torch.Tensor]
-                 ) -> Tuple[torch.Tensor, torch.Tensor]:
-        image, mask = _checked_pair(image, mask)
-        if self.scale is not None:
-            r = _uniform(*self.ratio_range) if self.ratio_range is not None else 1.0
-            target = (max(1, int(self.scale[0] * r)), max(1, int(self.scale[1] * r)))  # mmseg truncates it
-            h, w = _keep_ratio_size((image.height, image.width), target)
-            if (h, w) != (image.height, image.width):
-                image = image.resize((w, h), Image.BILINEAR)
-                mask = np.array(Image.fromarray(mask).resize((w, h), Image.NEAREST))
-        y1, y2, x1, x2 = self._crop_box(*mask.shape)
-        if self.cat_max_ratio < 1:
-            for _ in range(10):
-                if self._crop_ok(mask[y1:y2, x1:x2]):
-                    break
-                y1, y2, x1, x2 = self._crop_box(*mask.shape)
-        image, mask = image.crop((x1, y1, x2, y2)), mask[y1:y2, x1:x2]
-        if float(torch.rand(())) < self.hflip:
-            image, mask = image.transpose(Image.FLIP_LEFT_RIGHT), mask[:, ::-1]
-        if self.photometric:
-            image = _photometric_distortion(image)
-        x = _normalise(image, self.mean, self.std)
-        y = torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64))
-        pad_h, pad_w = self.crop_size[0] - y.shape[0], self.crop_size[1] - y.shape[1]
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h), value=0.0)
-            y = F.pad(y, (0, pad_w, 0, pad_h), value=self.ignore_index)
-        return x, y
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}(crop_size={self.crop_size}, scale={self.scale}, ratio_range={self.ratio_range}, "
-                f"cat_max_ratio={self.cat_max_ratio}, hflip={self.hflip}, photometric={self.photometric})")
-
-
-class SegEvalTransform:
-    """mmseg test pipeline on an (RGB PIL image, mask) pair: the image is rescaled keeping its aspect ratio to the
-    largest size whose long side ≤ max(``scale``) and short side ≤ min(``scale``) ('keep_ratio'; bilinear;
-    ``scale=None`` keeps it) and normalised; the mask stays at the ORIGINAL size (metrics are computed there; use
-    :func:`predict_mask` with ``original_size = mask.shape``). Returns (float (3, h, w), long (H, W)).
-    """
-
-    def __init__(self, scale: Optional[Sequence[float]] = (2048, 512), mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-                 std: Sequence[float] = IMAGENET_DEFAULT_STD) -> None:
-        self.scale = _check_scale(scale)
-        self.mean, self.std = _check_norm(mean, std)
-
-    def __call__(self, image: Image.Image, mask: Union[np.ndarray, Image.Image, torch.Tensor]
-                 ) -> Tuple[torch.Tensor, torch.Tensor]:
-        image, mask = _checked_pair(image, mask)
-        if self.scale is not None:
-            h, w = _keep_ratio_size((image.height, image.width), self.scale)
-            if (h, w) != (image.height, image.width):
-                image = image.resize((w, h), Image.BILINEAR)
-        return _normalise(image, self.mean, self.std), torch.from_numpy(mask.astype(np.int64))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(scale={self.scale})"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -426,20 +65,20 @@ def backbone_channels(backbone: nn.Module) -> List[int]:
 class SegmentationModel(nn.Module):
     """Backbone + segmentation head. The backbone's ``forward`` returns a list (or dict) of NCHW maps at strides
     4/8/16/32 with channels ``in_channels`` (default: ``backbone.out_channels`` or timm ``feature_info``). ``head``:
-    'fpn' (Semantic FPN as mmseg and the official UniFormer models: :class:`~uniformer.tasks.vt_fpn.ConvFPNNeck` to
+    'fpn' (Semantic FPN as mmseg and the official UniFormer models: :class:`~uniformer.tasks.necks.ConvFPNNeck` to
     ``neck_channels`` (256) + the BatchNorm :class:`~uniformer.tasks.seg_heads.FPNHead` with ``head_channels`` (128)
     and ``dropout`` (0.1)), 'fpn-gn' (the same neck + the GroupNorm Detectron2 head
-    :class:`~uniformer.tasks.vt_fpn.SemanticFPNHead`, which also takes ``num_groups`` (32)), 'vt-fpn'
+    :class:`~uniformer.tasks.seg_heads.SemanticFPNHead`, which also takes ``num_groups`` (32)), 'vt-fpn'
     (:class:`~uniformer.tasks.vt_fpn.VTFPNNeck`, which also takes its own keywords, + the GroupNorm head) or
-    'upernet' (:class:`UperNetHead` with ``channels`` (512), ``pool_scales``, ``dropout`` (0.1)). ``aux_head``
-    (default: True for UperNet only) adds an :class:`FCNAuxHead` (``aux_channels`` 256, ``aux_in_index`` 2,
-    ``aux_dropout`` 0.1, ``aux_weight`` 0.4, ``aux_num_convs`` 1, ``aux_kernel_size`` 3, ``aux_concat_input``
-    False). mmseg module names: ``backbone``, ``neck``, ``decode_head``, ``auxiliary_head``; official mmseg
-    models are built by :func:`~uniformer.tasks.seg_heads.build_mmseg_segmentor`. ``forward(x)`` pads x to a
-    multiple of 32, upsamples the logits bilinearly and crops them back → (B, K, H, W) for any H, W (mmseg's own
-    test, without padding, is :func:`~uniformer.tasks.seg_heads.mmseg_inference`); in training mode with an aux head
-    it returns ``(logits, aux_logits)``, both at input resolution. :meth:`loss` is cross-entropy with ignore index
-    255 (+ ``aux_weight`` × the aux CE).
+    'upernet' (:class:`~uniformer.tasks.seg_heads.UperNetHead` with ``channels`` (512), ``pool_scales``, ``dropout``
+    (0.1)). ``aux_head`` (default: True for UperNet only) adds an :class:`~uniformer.tasks.seg_heads.FCNAuxHead`
+    (``aux_channels`` 256, ``aux_in_index`` 2, ``aux_dropout`` 0.1, ``aux_weight`` 0.4, ``aux_num_convs`` 1,
+    ``aux_kernel_size`` 3, ``aux_concat_input`` False). mmseg module names: ``backbone``, ``neck``, ``decode_head``,
+    ``auxiliary_head``; official mmseg models are built by :func:`~uniformer.tasks.mmseg.build_mmseg_segmentor`.
+    ``forward(x)`` pads x to a multiple of 32, upsamples the logits bilinearly and crops them back → (B, K, H, W) for
+    any H, W (mmseg's own test, without padding, is :func:`~uniformer.tasks.mmseg.mmseg_inference`); in training mode
+    with an aux head it returns ``(logits, aux_logits)``, both at input resolution. :meth:`loss` is cross-entropy with
+    ignore index 255 (+ ``aux_weight`` × the aux CE).
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, head: str = "fpn",
@@ -511,10 +150,7 @@ class SegmentationModel(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"{type(self).__name__} expects a (B, C, H, W) batch, got shape {tuple(x.shape)}")
         H, W = x.shape[-2:]
-        pad_h, pad_w = (-H) % self.size_divisor, (-W) % self.size_divisor
-        # traced / exported graphs always pad (tested first: no guard on the size), by what the input size needs
-        if torch.jit.is_tracing() or torch.compiler.is_exporting() or pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
+        x = pad_to_multiple(x, self.size_divisor)  # traced / exported graphs always pad
         feats = self.extract_features(x)
         logits = self.decode_head(self.neck(feats))
         logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)[..., :H, :W]
@@ -570,18 +206,6 @@ def _eval_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """The model in eval mode with autograd off for the body; its previous train/eval mode is restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield model
-    finally:
-        model.train(was_training)
-
-
 def _check_batch(image: torch.Tensor) -> None:
     if not isinstance(image, torch.Tensor) or image.ndim != 4:
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
@@ -592,7 +216,7 @@ def whole_inference(model: nn.Module, image: torch.Tensor) -> torch.Tensor:
     """mmseg 'whole' mode: one forward of the full (B, 3, H, W) ``image`` → logits (B, K, H, W). Runs with the model
     in eval mode and without autograd (the previous mode is restored)."""
     _check_batch(image)
-    with _eval_mode(model):
+    with eval_mode(model, no_grad=True):
         return _eval_logits(model, image)
 
 
@@ -603,13 +227,13 @@ def slide_inference(model: nn.Module, image: torch.Tensor, num_classes: int,
     end at the border; windows are clipped to images smaller than the crop, and the model pads them internally), the
     logits of overlapping windows averaged per pixel → (B, K, H, W). Eval mode, no autograd (mode restored)."""
     _check_batch(image)
-    (ch, cw), (sh, sw) = _pair(crop, "crop"), _pair(stride, "stride")
+    (ch, cw), (sh, sw) = int_pair(crop, "crop"), int_pair(stride, "stride")
     B, _, H, W = image.shape
     rows = max(H - ch + sh - 1, 0) // sh + 1
     cols = max(W - cw + sw - 1, 0) // sw + 1
     logits = image.new_zeros((B, num_classes, H, W))
     count = image.new_zeros((1, 1, H, W))
-    with _eval_mode(model):
+    with eval_mode(model, no_grad=True):
         for r in range(rows):
             for c in range(cols):
                 y2, x2 = min(r * sh + ch, H), min(c * sw + cw, W)
@@ -627,16 +251,17 @@ def predict_mask(model: nn.Module, image_tensor: torch.Tensor, original_size: Se
                  num_classes: Optional[int] = None, crop: Union[int, Sequence[int]] = (512, 512),
                  stride: Union[int, Sequence[int]] = (341, 341), flip: bool = False) -> torch.Tensor:
     """Class map (H, W) long for one image: a (3, h, w) or (1, 3, h, w) ``image_tensor`` (e.g. from
-    :class:`SegEvalTransform`) through :func:`whole_inference` or :func:`slide_inference` (``mode``; ``num_classes``
-    defaults to ``model.num_classes``), optionally averaged with the un-flipped prediction of the horizontally flipped
-    image (``flip``), the logits resized bilinearly to ``original_size`` (H, W), then argmax."""
+    :class:`~uniformer.data.ade20k.SegEvalTransform`) through :func:`whole_inference` or :func:`slide_inference`
+    (``mode``; ``num_classes`` defaults to ``model.num_classes``), optionally averaged with the un-flipped prediction
+    of the horizontally flipped image (``flip``), the logits resized bilinearly to ``original_size`` (H, W), then
+    argmax."""
     if image_tensor.ndim == 3:
         image_tensor = image_tensor.unsqueeze(0)
     if image_tensor.ndim != 4 or image_tensor.shape[0] != 1:
         raise ValueError(f"predict_mask takes one image (3, H, W) or (1, 3, H, W), got {tuple(image_tensor.shape)}")
     if mode not in ("whole", "slide"):
         raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
-    size = _pair(tuple(int(s) for s in original_size), "original_size")
+    size = int_pair(tuple(int(s) for s in original_size), "original_size")
     if mode == "slide":
         k = num_classes if num_classes is not None else getattr(model, "num_classes", None)
         if k is None:
@@ -748,9 +373,9 @@ def segmentation_palette(num_classes: int = IGNORE_INDEX, seed: int = 0) -> np.n
 def save_overlay(image: Union[Image.Image, PathLike], mask: Union[torch.Tensor, np.ndarray], output_path: PathLike,
                  palette: Optional[Union[np.ndarray, Sequence[Sequence[int]]]] = None, alpha: float = 0.5) -> Path:
     """Write ``image`` (PIL or a path read with :func:`~uniformer.data.load_image`) with ``mask`` (H, W) blended in
-    as colours (``alpha`` × palette colour + (1 − ``alpha``) × pixel; label 255 left unchanged) to a PNG at
-    ``output_path``, atomically. ``palette``: (N, 3) RGB values, default :func:`segmentation_palette`. Returns the
-    path."""
+    as colours by torchvision's ``draw_segmentation_masks`` (``alpha`` × palette colour + (1 − ``alpha``) × pixel;
+    label 255 left unchanged) to a PNG at ``output_path``, atomically. ``palette``: (N, 3) RGB values, default
+    :func:`segmentation_palette`. Returns the path."""
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
     img = load_image(image) if not isinstance(image, Image.Image) else image.convert("RGB")
@@ -769,10 +394,13 @@ def save_overlay(image: Union[Image.Image, PathLike], mask: Union[torch.Tensor, 
     if valid.any() and (labels[valid].min() < 0 or top > len(colours)):
         raise ValueError(f"mask labels span {int(labels[valid].min())}..{top - 1} but the palette has "
                          f"{len(colours)} colours")
-    base = np.asarray(img, dtype=np.float32)
-    out = base.copy()
-    out[valid] = (1 - alpha) * base[valid] + alpha * colours[labels[valid]].astype(np.float32)
-    result = Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)  # float [0, 1]: no truncation
+    present = np.unique(labels[valid])
+    if present.size:
+        lab = torch.from_numpy(labels)
+        x = draw_segmentation_masks(x, torch.stack([lab == int(k) for k in present]), alpha=alpha,
+                                    colors=[tuple(float(c) for c in colours[k]) for k in present])
+    result = Image.fromarray(np.clip(x.permute(1, 2, 0).numpy() * 255 + 0.5, 0, 255).astype(np.uint8))
     path = Path(output_path)
     with atomic_path(path) as tmp:
         result.save(tmp, format="PNG")

@@ -1,13 +1,12 @@
 """VT-FPN semantic segmentation (Wu et al., ICCV 2021, §5.3): a ResNet backbone's C2–C5 maps, a Visual-Transformer
 feature pyramid neck (one filter tokenizer per level, one transformer shared by all levels' tokens, one projector per
-level) and the Panoptic-FPN semantic head. The convolutional FPN neck (torchvision) is the baseline the paper compares
-MACs against. Design decisions: ``shared/spec/vt.md`` §4; the VT building blocks are those of
-:mod:`uniformer.layers.vt`.
+level) and the Panoptic-FPN semantic head (:class:`~uniformer.tasks.seg_heads.SemanticFPNHead`). The convolutional
+FPN neck (:class:`~uniformer.tasks.necks.ConvFPNNeck`) is the baseline the paper compares MACs against. Design
+decisions: ``shared/spec/vt.md`` §4; the VT building blocks are those of :mod:`uniformer.layers.vt`.
 """
 from __future__ import annotations
 
 import warnings
-from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -15,36 +14,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 from torchvision.models._utils import IntermediateLayerGetter  # what torchvision's own segmentation models use
-from torchvision.ops import FeaturePyramidNetwork
 
+from ..data.padding import pad_to_multiple
 from ..layers.vt import FilterTokenizer, Projector, TokenTransformer, init_vt_weights
+from ..models.common import eval_mode
+from .necks import RESNET_CHANNELS, ConvFPNNeck, check_feature_levels, tracing
+from .seg_heads import SemanticFPNHead
 
-__all__ = ["VTFPNNeck", "ConvFPNNeck", "SemanticFPNHead", "VTFPN", "fpn_neck_macs", "resnet_level_shapes",
-           "check_feature_levels"]
+__all__ = ["VTFPNNeck", "VTFPN", "fpn_neck_macs", "resnet_level_shapes"]
 
-RESNET_CHANNELS = (256, 512, 1024, 2048)  # C2–C5 of ResNet-50/101
 STRIDES = (4, 8, 16, 32)
 SIZE_DIVISIBILITY = 32  # VTFPN pads inputs to a multiple of the coarsest stride
-
-
-def _tracing() -> bool:
-    """True while ``torch.jit`` traces/scripts or ``torch.export`` (ONNX) captures a model: shape checks are skipped."""
-    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_exporting()
-
-
-def check_feature_levels(features: Sequence[torch.Tensor], in_channels: Sequence[int], owner: str) -> None:
-    """Raise ``ValueError`` unless ``features`` is a list of ``len(in_channels)`` NCHW maps with those channels."""
-    if _tracing():
-        return
-    if not isinstance(features, (list, tuple)) or len(features) != len(in_channels):
-        found = f"{len(features)} levels" if isinstance(features, (list, tuple)) else type(features).__name__
-        raise ValueError(f"{owner} expects a list of {len(in_channels)} feature maps, got {found}")
-    for i, (f, c) in enumerate(zip(features, in_channels)):
-        if not isinstance(f, torch.Tensor) or f.ndim != 4 or f.shape[1] != c:
-            shape = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
-            raise ValueError(f"{owner}: level {i} must be a (B, {c}, H, W) map, got {shape}")
-    if len({f.shape[0] for f in features}) != 1:
-        raise ValueError(f"{owner}: all levels must share the batch size, got {[f.shape[0] for f in features]}")
 
 
 def resnet_level_shapes(image_size: Tuple[int, int], strides: Sequence[int] = STRIDES) -> List[Tuple[int, int]]:
@@ -118,73 +98,13 @@ class VTFPNNeck(nn.Module):
         return outs
 
 
-class ConvFPNNeck(nn.Module):
-    """The convolutional FPN baseline: torchvision's ``FeaturePyramidNetwork`` (lateral 1×1 convs, nearest top-down
-    path, 3×3 output convs, all at ``out_channels``), taking and returning lists of maps like :class:`VTFPNNeck`."""
-
-    def __init__(self, in_channels: Sequence[int] = RESNET_CHANNELS, out_channels: int = 256) -> None:
-        super().__init__()
-        self.in_channels, self.out_channels = tuple(in_channels), out_channels
-        if not self.in_channels or any(not isinstance(c, int) or c <= 0 for c in self.in_channels):
-            raise ValueError(f"in_channels must be positive integers, got {self.in_channels}")
-        self.fpn = FeaturePyramidNetwork(list(self.in_channels), out_channels)
-
-    def forward(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-        check_feature_levels(features, self.in_channels, type(self).__name__)
-        return list(self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features))).values())
-
-
-class SemanticFPNHead(nn.Module):
-    """Panoptic-FPN semantic branch (Kirillov et al. 2019, as in Detectron2's ``SemSegFPNHead``): level i (stride
-    4·2^i) runs max(1, i) blocks of [3×3 conv → ``channels``, GroupNorm(``num_groups``), ReLU, ×2 bilinear upsample
-    (omitted for the stride-4 level)], the levels are summed, then optional dropout and a 1×1 conv to ``num_classes``.
-    Each upsample targets the next finer level's exact size, so odd ResNet map sizes line up. ``dropout`` defaults to
-    0 (the spec names none; Detectron2 uses none either). ``forward(features)`` → stride-4 logits (B, K, H_0, W_0).
-    """
-
-    def __init__(self, num_classes: int, in_channels: int = 256, channels: int = 128, num_levels: int = 4,
-                 num_groups: int = 32, dropout: float = 0.0) -> None:
-        super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
-        if channels % num_groups:
-            raise ValueError(f"head channels {channels} must be a multiple of num_groups={num_groups}")
-        self.in_channels, self.num_classes = in_channels, num_classes
-        self.scale_heads = nn.ModuleList(
-            nn.ModuleList(
-                nn.Sequential(nn.Conv2d(in_channels if k == 0 else channels, channels, 3, padding=1, bias=False),
-                              nn.GroupNorm(num_groups, channels), nn.ReLU(inplace=True))
-                for k in range(max(1, i)))
-            for i in range(num_levels))
-        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        self.predictor = nn.Conv2d(channels, num_classes, 1)
-        for m in self.modules():  # Detectron2: MSRA fill for the convs, N(0, 0.001) for the predictor
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-        nn.init.normal_(self.predictor.weight, std=0.001)
-        nn.init.zeros_(self.predictor.bias)
-
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        check_feature_levels(features, (self.in_channels,) * len(self.scale_heads), type(self).__name__)
-        sizes = [f.shape[-2:] for f in features]
-        out = None
-        for i, (blocks, f) in enumerate(zip(self.scale_heads, features)):
-            for k, block in enumerate(blocks):
-                f = block(f)
-                if i > 0:
-                    f = F.interpolate(f, size=sizes[i - 1 - k], mode="bilinear", align_corners=False)
-            out = f if out is None else out + f
-        return self.predictor(self.dropout(out))
-
-
 class VTFPN(nn.Module):
     """Semantic segmentation model: torchvision ResNet-50/101 (``weights=None``; C2–C5 from ``layer1..layer4``) →
-    ``neck`` ('vt': :class:`VTFPNNeck`, 'conv': :class:`ConvFPNNeck`; ``neck_kwargs`` go to it) →
-    :class:`SemanticFPNHead` → ×4 bilinear upsample. ``forward(x)`` → logits (B, num_classes, H, W) for any H, W: the
-    input is zero-padded on the right/bottom to a multiple of 32 and the logits are cropped back. The loss is the
-    caller's: the paper's recipe is ``F.cross_entropy(logits, target, ignore_index=255)``.
+    ``neck`` ('vt': :class:`VTFPNNeck`, 'conv': :class:`~uniformer.tasks.necks.ConvFPNNeck`; ``neck_kwargs`` go to
+    it) → :class:`~uniformer.tasks.seg_heads.SemanticFPNHead` → ×4 bilinear upsample. ``forward(x)`` → logits
+    (B, num_classes, H, W) for any H, W: the input is zero-padded on the right/bottom to a multiple of 32 and the
+    logits are cropped back. The loss is the caller's: the paper's recipe is
+    ``F.cross_entropy(logits, target, ignore_index=255)``.
     """
 
     def __init__(self, num_classes: int, backbone: str = "resnet50", neck: str = "vt", in_chans: int = 3,
@@ -214,12 +134,10 @@ class VTFPN(nn.Module):
         self.head = SemanticFPNHead(num_classes, out_channels, head_channels, len(RESNET_CHANNELS), dropout=dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _tracing() and (x.ndim != 4 or x.shape[1] != self.in_chans):
+        if not tracing() and (x.ndim != 4 or x.shape[1] != self.in_chans):
             raise ValueError(f"{type(self).__name__} expects (B, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
         H, W = x.shape[-2:]
-        pad_h, pad_w = (-H) % SIZE_DIVISIBILITY, (-W) % SIZE_DIVISIBILITY
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
+        x = pad_to_multiple(x, SIZE_DIVISIBILITY)
         logits = self.head(self.neck(list(self.backbone(x).values())))
         logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return logits[..., :H, :W]
@@ -242,12 +160,7 @@ def fpn_neck_macs(neck: nn.Module, image_size: Tuple[int, int] = (800, 1216),
     param = next(neck.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     feats = [torch.zeros(1, c, h, w, device=device) for c, (h, w) in zip(chans, shapes)]
-    was_training = neck.training
-    neck.eval()
-    try:
-        with torch.no_grad():
-            analysis = FlopCountAnalysis(neck, (feats,))
-            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
-            return int(analysis.total())
-    finally:
-        neck.train(was_training)
+    with eval_mode(neck, no_grad=True):
+        analysis = FlopCountAnalysis(neck, (feats,))
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+        return int(analysis.total())

@@ -20,9 +20,6 @@ import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from PIL import Image
-
-from .._io import atomic_path
 
 __all__ = [
     "load_coco",
@@ -35,8 +32,6 @@ __all__ = [
     "read_json",
     "stats_to_dict",
     "label_maps",
-    "to_pil_rgb",
-    "save_image_atomic",
 ]
 
 PathLike = Union[str, Path]
@@ -291,29 +286,3 @@ def label_maps(coco: COCO) -> Tuple[List[int], Dict[int, int], Dict[int, int], L
     label_to_cat = {i + 1: c for i, c in enumerate(cat_ids)}
     names = [coco.cats[c]["name"] for c in cat_ids]
     return cat_ids, cat_to_label, label_to_cat, names
-
-
-def to_pil_rgb(image: Union[torch.Tensor, np.ndarray, Image.Image]) -> Image.Image:
-    """An RGB PIL image from a PIL image, a (3, H, W) float [0, 1] / uint8 tensor or an (H, W, 3) uint8 array."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, torch.Tensor):
-        t = image.detach().cpu()
-        if t.ndim != 3 or t.shape[0] not in (1, 3):
-            raise ValueError(f"image tensor must be (3, H, W), got shape {tuple(t.shape)}")
-        if t.dtype.is_floating_point:
-            t = (t.clamp(0, 1) * 255).round().to(torch.uint8)
-        return Image.fromarray(t.expand(3, -1, -1).permute(1, 2, 0).numpy(), "RGB")
-    arr = np.asarray(image)
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"image array must be (H, W, 3), got shape {arr.shape}")
-    return Image.fromarray(arr.astype(np.uint8), "RGB")
-
-
-def save_image_atomic(img: Image.Image, output_path: PathLike) -> Path:
-    """Write ``img`` atomically; the format follows the suffix (PNG when unknown)."""
-    output_path = Path(output_path)
-    fmt = Image.registered_extensions().get(output_path.suffix.lower(), "PNG")
-    with atomic_path(output_path) as tmp:
-        img.save(tmp, format=fmt)
-    return output_path

@@ -1,4 +1,4 @@
-"""Crash-safe run directories.
+"""Run directories: their layout, crash-safe checkpoints, one training at a time, and starting a run.
 
 Layout::
 
@@ -14,9 +14,11 @@ links swapped (``os.replace`` of a symlink is atomic). A crash at any moment lea
 
 A run directory is never lost: :func:`claim_run` refuses a folder that holds a run unless it is resumed or, with
 ``overwrite``, moved aside to ``RUN_DIR.old-<time>``; and :class:`RunLock` lets one training at a time write into it.
+:func:`start_run` does both for a training under ``torchrun`` (rank 0 claims, every rank learns the outcome).
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import json
@@ -27,17 +29,21 @@ import socket
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from ..models.weights import SAFE_GLOBALS, save_pretrained
 from .._io import atomic_path
+from ..data import DIGITS
+from ..data.frames import DEFAULT_FRAME_START, DEFAULT_FRAME_TEMPLATE
+from ..models.weights import SAFE_GLOBALS, save_pretrained
+from .config import TrainConfig, load_yaml, save_yaml
+from .distributed import DistContext
 
-__all__ = ["RunDir", "RunLock", "claim_run", "rng_state", "set_rng_state", "resolve_checkpoint_path",
-           "TRAINING_STATE", "LOCK_FILE"]
+__all__ = ["RunDir", "RunLock", "claim_run", "start_run", "absolute_paths", "rng_state", "set_rng_state",
+           "resolve_checkpoint_path", "run_data", "run_frame_naming", "TRAINING_STATE", "LOCK_FILE"]
 
 TRAINING_STATE = "training_state.pt"
 LOCK_FILE = ".lock"
@@ -357,3 +363,83 @@ def claim_run(root: Union[str, os.PathLike], resume: bool = False, overwrite: bo
         lock.release()
         raise
     return lock
+
+
+# --------------------------------------------------------------------------------------------- starting a run
+def default_output(config: TrainConfig) -> str:
+    data = "digits" if config.data == DIGITS else Path(config.data).name
+    return str(Path("runs") / f"{config.model}-{data}-{datetime.now():%Y%m%d-%H%M%S}")
+
+
+PATH_OPTIONS = ("data", "init_checkpoint", "output", "resume", "person_boxes")  # saved absolute
+
+
+def absolute_paths(config: TrainConfig) -> TrainConfig:
+    """``config`` with its path options (:data:`PATH_OPTIONS`) absolute and ``~`` expanded (``digits`` stays), so that
+    the saved run evaluates and resumes from any working directory."""
+    changes = {name: os.path.abspath(os.path.expanduser(str(value))) for name in PATH_OPTIONS
+               if (value := getattr(config, name)) and not (name == "data" and value == DIGITS)}
+    return dataclasses.replace(config, **changes)
+
+
+_CLAIM_ERRORS = {e.__name__: e for e in (FileExistsError, BlockingIOError, FileNotFoundError, NotADirectoryError,
+                                         PermissionError, ValueError)}
+
+
+def start_run(config: TrainConfig, ctx: DistContext, log: Callable[[str], None]
+              ) -> Tuple[TrainConfig, Optional[RunLock]]:
+    """Make the path options absolute and let rank 0 claim the run directory (:func:`claim_run`: refuse a folder
+    holding a run unless ``--resume``/``--overwrite``, take its lock). Every rank gets rank 0's outcome: the config
+    with ``output`` set to the run directory, or rank 0's error. Returns the held lock on rank 0, None elsewhere."""
+    config = absolute_paths(config)
+    lock, error, outcome = None, None, None
+    if ctx.is_main:
+        root = config.resume or config.output or os.path.abspath(default_output(config))
+        try:
+            lock = claim_run(root, resume=bool(config.resume), overwrite=config.overwrite, log=log)
+            outcome = (root, None, None)
+        except (OSError, ValueError) as e:
+            error, outcome = e, (root, type(e).__name__, str(e))
+    root, kind, message = ctx.broadcast_object(outcome)
+    if error is not None:
+        raise error
+    if kind is not None:
+        raise _CLAIM_ERRORS.get(kind, OSError)(message)
+    return (config if config.resume else dataclasses.replace(config, output=root)), lock
+
+
+def save_run_config(config: TrainConfig, run: RunDir) -> None:
+    """Write the options as the run's ``config.yaml``: what ``--resume`` continues with."""
+    save_yaml(dataclasses.replace(config, output=str(run.root), resume=None, overwrite=False), run.config_file)
+
+
+# ------------------------------------------------------------------------------------- a checkpoint's training run
+def _run_config_file(checkpoint: str, path: Path) -> Optional[Path]:
+    """The ``config.yaml`` of the training run a checkpoint belongs to, if it is inside one."""
+    return next((p / "config.yaml" for p in (Path(checkpoint), path.resolve().parent.parent)
+                 if (p / "config.yaml").is_file()), None)
+
+
+def run_data(checkpoint: str, path: Path) -> str:
+    """The ``--data`` of the training run a checkpoint belongs to (its ``config.yaml``)."""
+    run_config = _run_config_file(checkpoint, path)
+    if run_config is None:
+        raise ValueError("pass --data: the checkpoint is not inside a training run directory")
+    return load_yaml(run_config)["data"]
+
+
+def run_frame_naming(checkpoint: str, frame_template: Optional[str] = None,
+                     frame_start: Optional[int] = None) -> Tuple[str, int]:
+    """Frame-folder naming for evaluating / predicting with a checkpoint: the given values, else those of the
+    training run the checkpoint belongs to, else the defaults (``img_{:05d}.jpg`` from 1). A ``config.yaml`` beside
+    the checkpoint that is not a run's options file is not a run: the defaults apply."""
+    saved: Dict[str, Any] = {}
+    if frame_template is None or frame_start is None:
+        run_config = _run_config_file(checkpoint, resolve_checkpoint_path(checkpoint))
+        try:
+            saved = load_yaml(run_config) if run_config is not None else {}
+        except ValueError:
+            saved = {}
+    template = frame_template if frame_template is not None else saved.get("frame_template", DEFAULT_FRAME_TEMPLATE)
+    start = frame_start if frame_start is not None else saved.get("frame_start", DEFAULT_FRAME_START)
+    return template, start
