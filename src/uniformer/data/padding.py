@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..layers import is_tracing
+
 __all__ = ["pad_to_multiple", "padded_size"]
 
 
@@ -36,7 +38,7 @@ def pad_to_multiple(x: Union[np.ndarray, torch.Tensor], divisor: int = 32) -> Un
         h, w = x.shape[-2:]
         pad_h, pad_w = (-h) % d, (-w) % d
         # tracing / exporting is tested first: no guard on the size
-        if torch.jit.is_tracing() or torch.compiler.is_exporting() or pad_h or pad_w:
+        if is_tracing() or pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
         return x
     h, w = x.shape[:2]

@@ -14,9 +14,10 @@ __all__ = ["conv_nd", "batch_norm_nd", "avg_pool_nd", "ChannelLayerNorm", "check
 
 
 def is_tracing() -> bool:
-    """True while ``torch.jit.trace``, TorchScript or ``torch.fx`` trace a model: Python-side input checks, which
-    branch on tensor shapes, are skipped then (eager calls keep them)."""
-    return torch.jit.is_scripting() or torch.jit.is_tracing() or is_fx_symbolic_tracing()
+    """True while ``torch.jit.trace``, TorchScript, ``torch.fx`` or ``torch.export`` (the ONNX exporter) capture a
+    model: Python-side input checks, which branch on tensor shapes, are skipped then (eager calls keep them)."""
+    return (torch.jit.is_scripting() or torch.jit.is_tracing() or is_fx_symbolic_tracing()
+            or torch.compiler.is_exporting())
 
 
 class CheckpointedBlock(nn.Module):

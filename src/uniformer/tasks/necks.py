@@ -11,14 +11,11 @@ import torch
 import torch.nn as nn
 from torchvision.ops import FeaturePyramidNetwork
 
-__all__ = ["ConvFPNNeck", "check_feature_levels", "tracing", "RESNET_CHANNELS"]
+from ..layers import is_tracing
+
+__all__ = ["ConvFPNNeck", "check_feature_levels", "RESNET_CHANNELS"]
 
 RESNET_CHANNELS = (256, 512, 1024, 2048)  # C2–C5 of ResNet-50/101
-
-
-def tracing() -> bool:
-    """True while ``torch.jit`` traces/scripts or ``torch.export`` (ONNX) captures a model: shape checks are skipped."""
-    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_exporting()
 
 
 def check_feature_levels(features: Any, in_channels: Sequence[int], owner: str,
@@ -26,11 +23,11 @@ def check_feature_levels(features: Any, in_channels: Sequence[int], owner: str,
     """``features`` as a list, checked to be ``len(in_channels)`` NCHW maps with those channels and one batch size;
     else ``ValueError`` naming ``owner`` and what was found. ``backbone=True`` checks a backbone's raw output: a
     mapping's values are taken in order, and the messages speak of the backbone's levels (strides 4/8/16/32).
-    Nothing is checked while a graph is traced or exported (:func:`tracing`).
+    Nothing is checked while a graph is traced or exported (:func:`~uniformer.layers.is_tracing`).
     """
     if backbone and isinstance(features, Mapping):
         features = list(features.values())
-    if tracing():
+    if is_tracing():
         return list(features)
     levels = "backbone levels" if backbone else "levels"
     if not isinstance(features, (list, tuple)) or len(features) != len(in_channels):

@@ -18,7 +18,8 @@ from torchvision.models._utils import IntermediateLayerGetter  # what torchvisio
 from ..data.padding import pad_to_multiple
 from ..layers.vt import FilterTokenizer, Projector, TokenTransformer, init_vt_weights
 from ..models.common import eval_mode
-from .necks import RESNET_CHANNELS, ConvFPNNeck, check_feature_levels, tracing
+from ..layers import is_tracing
+from .necks import RESNET_CHANNELS, ConvFPNNeck, check_feature_levels
 from .seg_heads import SemanticFPNHead
 
 __all__ = ["VTFPNNeck", "VTFPN", "fpn_neck_macs", "resnet_level_shapes"]
@@ -134,7 +135,7 @@ class VTFPN(nn.Module):
         self.head = SemanticFPNHead(num_classes, out_channels, head_channels, len(RESNET_CHANNELS), dropout=dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not tracing() and (x.ndim != 4 or x.shape[1] != self.in_chans):
+        if not is_tracing() and (x.ndim != 4 or x.shape[1] != self.in_chans):
             raise ValueError(f"{type(self).__name__} expects (B, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
         H, W = x.shape[-2:]
         x = pad_to_multiple(x, SIZE_DIVISIBILITY)
