@@ -7,9 +7,18 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Union
 
-__all__ = ["PathLike", "atomic_path"]
+__all__ = ["PathLike", "atomic_path", "fsync_dir"]
 
 PathLike = Union[str, os.PathLike]
+
+
+def fsync_dir(path: PathLike) -> None:
+    """Flush a directory's entries (a rename or a new file in it) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -33,10 +42,6 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(path.parent)
     finally:
         tmp_path.unlink(missing_ok=True)

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import cv2
 import numpy as np
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from .padding import pad_to_multiple, padded_size
 
@@ -39,9 +40,6 @@ __all__ = [
 #: mmdet/mmseg ``img_norm_cfg`` (RGB, 0-255 scale)
 IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)
 IMAGENET_STD_255 = (58.395, 57.12, 57.375)
-#: mmpose ``NormalizeTensor`` (RGB, 0-1 scale)
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _check_image(img: np.ndarray, name: str = "image") -> np.ndarray:
@@ -245,8 +243,9 @@ def topdown_affine_input(image_rgb_uint8: np.ndarray, center: Sequence[float], s
     trans = get_affine_transform(center, scale, 0.0, (out_w, out_h))
     crop = cv2.warpAffine(img, trans, (out_w, out_h), flags=cv2.INTER_LINEAR)
     x = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))).float().div(255)
-    mean = torch.tensor(_IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(_IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
+    # mmpose NormalizeTensor (RGB, 0-1 scale)
+    mean = torch.tensor(IMAGENET_DEFAULT_MEAN, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_DEFAULT_STD, dtype=torch.float32).view(3, 1, 1)
     x = x.sub(mean).div(std)
     meta = {
         "center": np.asarray(center, dtype=np.float32),

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
@@ -50,9 +51,6 @@ from .task import Setup, Step, Task
 __all__ = ["DenseTask", "SegmentationTask", "DetectionTask", "PoseTask", "TASK_CLASSES", "task_data_config",
            "coco_split", "seg_split", "data_root", "evaluate_task_checkpoint", "predict_task_images", "overlay_paths",
            "segmentation_summary", "detection_summary", "pose_summary"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # ------------------------------------------------------------------------------------------------ data layouts
@@ -403,7 +401,7 @@ TASK_CLASSES: Dict[str, type] = {t.name: t for t in (SegmentationTask, Detection
 def task_data_config(config: TrainConfig) -> Dict[str, Any]:
     """The data options of a dense training run, defaults resolved (saved with every checkpoint)."""
     hflip = 0.5 if config.hflip is None else float(config.hflip)
-    norm = dict(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
+    norm = dict(mean=list(IMAGENET_DEFAULT_MEAN), std=list(IMAGENET_DEFAULT_STD))
     if config.task == "segmentation":
         crop = config.img_size or 512
         scale = list(config.seg_scale) if config.seg_scale else [4 * crop, crop]  # (2048, 512) at 512 (mmseg ADE20K)

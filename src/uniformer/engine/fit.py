@@ -111,13 +111,14 @@ class Trainer:
                 batch = self.task.batch(batch, ctx.device)
                 with autocast_context(config, ctx.device):
                     result = self.task.loss(self.train_model, self.model, batch)
-                check_finite(result.loss, epoch, step, self.run)
+                loss = result.loss.item()
+                check_finite(loss, epoch, step, self.run)
                 optimizer_step(result.loss, self.model, self.optimizer, self.scaler, config)
                 self.num_updates += 1
                 self.scheduler.step_update(num_updates=self.num_updates)
                 if self.ema is not None:
                     self.ema.update(self.model, step=self.num_updates)
-                loss_sum += result.loss.item() * result.count
+                loss_sum += loss * result.count
                 correct += result.correct
                 seen += result.count
                 bar.update(1)
@@ -291,10 +292,10 @@ def place_model(model: nn.Module, config: TrainConfig, ctx: DistContext,
     return model
 
 
-def check_finite(loss: torch.Tensor, epoch: int, step: int, run: RunDir) -> None:
+def check_finite(loss: float, epoch: int, step: int, run: RunDir) -> None:
     """Stop on a NaN/inf loss, naming the step; the last good checkpoint stays as it is."""
-    if not math.isfinite(loss.item()):
-        raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}: stopping; the last "
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss} at epoch {epoch + 1}, step {step + 1}: stopping; the last "
                                  f"good checkpoint ({run.pointer('last') or 'none yet'}) is intact")
 
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .._io import atomic_path
+from .._io import atomic_path, fsync_dir
 from ..data import DIGITS
 from ..data.frames import DEFAULT_FRAME_START, DEFAULT_FRAME_TEMPLATE
 from ..models.weights import SAFE_GLOBALS, save_pretrained
@@ -48,14 +48,6 @@ __all__ = ["RunDir", "RunLock", "claim_run", "start_run", "absolute_paths", "rng
 TRAINING_STATE = "training_state.pt"
 LOCK_FILE = ".lock"
 RUN_MARKERS = ("config.yaml", "metrics.csv", "checkpoints", "last", "best")  # any of these: the folder holds a run
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def rng_state() -> Dict[str, Any]:
@@ -143,18 +135,18 @@ class RunDir:
             save_pretrained(model, tmp, label_names=label_names, data_config=data_config)
             with atomic_path(tmp / TRAINING_STATE) as p:
                 torch.save(training_state, p)
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             if final.exists():  # the same epoch re-run after a crash: the new one replaces it
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            _fsync_dir(self.checkpoints)
+            fsync_dir(self.checkpoints)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         self._point("last", final)
         if is_best:
             self._point("best", final)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         self._prune()
         return final
 

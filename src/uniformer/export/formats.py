@@ -12,12 +12,13 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from .._io import atomic_path
 from ..models.common import eval_mode
 from .checks import (as_list, assert_close, check_example, compare, device_of, other_batch,
                      reference_outputs, shapes_text)
-from .spec import IMAGENET_MEAN, IMAGENET_STD, MIN_SIDE, ExportSpec, export_spec, output_names, task_of
+from .spec import MIN_SIDE, ExportSpec, export_spec, output_names, task_of
 
 PathLike = Union[str, os.PathLike]
 FORMATS = ("onnx", "torchscript", "safetensors")
@@ -240,7 +241,7 @@ def _weights_contract(model: nn.Module) -> Dict[str, Any]:
             "architecture": cfg.get("architecture") or type(model).__name__,
             "num_classes": getattr(model, "num_classes", None),
             "label_names": list(cfg["label_names"]) if cfg.get("label_names") else None,
-            "mean": list(cfg.get("mean") or IMAGENET_MEAN), "std": list(cfg.get("std") or IMAGENET_STD)}
+            "mean": list(cfg.get("mean") or IMAGENET_DEFAULT_MEAN), "std": list(cfg.get("std") or IMAGENET_DEFAULT_STD)}
 
 
 def export_safetensors(model: nn.Module, path: PathLike) -> Path:

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.models.detection import MaskRCNN
 
 from ..engine.inference import default_input
@@ -18,7 +19,6 @@ from .checks import check_example, other_batch
 
 _logger = logging.getLogger("uniformer")
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 # ------------------------------------------------------------------------------------------------ what to export
@@ -71,7 +71,7 @@ def _task_contract(model: nn.Module) -> Dict[str, Any]:
 
 
 def _normalised(data: Dict[str, Any], what: str) -> Dict[str, Any]:
-    mean, std = list(data.get("mean") or IMAGENET_MEAN), list(data.get("std") or IMAGENET_STD)
+    mean, std = list(data.get("mean") or IMAGENET_DEFAULT_MEAN), list(data.get("std") or IMAGENET_DEFAULT_STD)
     return {"dtype": "float32", "layout": "NCHW", "description": f"{what}: RGB scaled to [0, 1], then (x - mean) / std "
             "per channel", "mean": mean, "std": std, "min_side": MIN_SIDE}
 
@@ -185,7 +185,8 @@ def _classifier_spec(model: nn.Module, example: torch.Tensor, dynamic: bool) -> 
                                 dtype="float32", layout="NCTHW" if video else "NCHW",
                                 description=("clips" if video else "images") + " resized and centre-cropped as "
                                 "data_config says (crop_pct), RGB scaled to [0, 1], then (x - mean) / std",
-                                mean=list(cfg.get("mean") or IMAGENET_MEAN), std=list(cfg.get("std") or IMAGENET_STD))]}
+                                mean=list(cfg.get("mean") or IMAGENET_DEFAULT_MEAN),
+                                std=list(cfg.get("std") or IMAGENET_DEFAULT_STD))]}
     checks = [example, other_batch(example)] if dynamic else [example]
     return ExportSpec(model, example, "input", None, {0: "batch"} if dynamic else {}, checks, contract)
 
