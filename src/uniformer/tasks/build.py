@@ -11,6 +11,7 @@ import copy
 from typing import Any, Mapping, Optional, Sequence
 
 import timm
+import torch
 import torch.nn as nn
 
 from .._io import PathLike
@@ -41,17 +42,19 @@ def resolve_backbone_name(name: str) -> str:
 
 
 def _stride_4_to_32(name: str, args: Mapping[str, Any]) -> nn.Module:
-    """A timm model's ``features_only`` extractor restricted to its stride 4, 8, 16 and 32 maps."""
-    probe = timm.create_model(name, features_only=True, **args)
-    strides = list(probe.feature_info.reduction())
+    """A timm model's ``features_only`` extractor restricted to its stride 4, 8, 16 and 32 maps (``out_indices`` in
+    ``args`` chooses them instead). The levels are read from a weightless copy on the meta device."""
     if "out_indices" in args:
-        return probe
+        return timm.create_model(name, features_only=True, **args)
+    with torch.device("meta"):
+        info = timm.create_model(name, features_only=True, **args).feature_info
+    strides = list(info.reduction())
     missing = [s for s in (4, 8, 16, 32) if s not in strides]
     if missing:
         raise ValueError(f"{name} cannot serve as a dense backbone: its feature maps have strides {strides}, "
                          "the dense heads need 4, 8, 16 and 32")
-    keep = tuple(probe.feature_info.out_indices[strides.index(s)] for s in (4, 8, 16, 32))
-    return probe if len(strides) == 4 else timm.create_model(name, features_only=True, out_indices=keep, **args)
+    keep = tuple(info.out_indices[strides.index(s)] for s in (4, 8, 16, 32))
+    return timm.create_model(name, features_only=True, out_indices=keep, **args)
 
 
 def build_backbone(name: str, model_args: Optional[Mapping[str, Any]] = None, drop_path_rate: float = 0.0) -> nn.Module:
