@@ -116,10 +116,9 @@ def cmd_predict_video(args: argparse.Namespace) -> int:
     if getattr(model, "dims", 2) != 3:
         raise CliError(f"{type(model).__name__} is an image model; predict-video needs a uniformer_video_* model")
     cfg = model.pretrained_cfg
-    proto = video_protocol(cfg)
-    clips, crops = parse_views(args.views or proto.views)
-    frames, stride = args.num_frames or proto.frames, args.frame_stride or proto.stride
-    sampler, size = args.sampler or proto.sampler, args.img_size or cfg["input_size"][-1]
+    proto = video_protocol(cfg).overridden(args.num_frames, args.frame_stride, args.sampler, args.views)
+    clips, crops = parse_views(proto.views)
+    frames, stride, sampler, size = proto.frames, proto.stride, proto.sampler, args.img_size or cfg["input_size"][-1]
     template, start = args.frame_template, args.frame_start
     if any(Path(video).is_dir() for video in args.videos):  # frame folders: named as in the run unless given
         template, start = run_frame_naming(args.checkpoint, template, start)

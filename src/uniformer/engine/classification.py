@@ -161,11 +161,11 @@ def evaluate_checkpoint(
         cfg = model.pretrained_cfg
         size = img_size or cfg["input_size"][-1]
         if getattr(model, "dims", 2) == 3:
-            protocol = video_protocol(cfg)
-            clips, crops = parse_views(views or protocol.views)
+            protocol = video_protocol(cfg).overridden(num_frames, frame_stride, sampler, views)
+            clips, crops = parse_views(protocol.views)
             template, start = run_frame_naming(checkpoint, frame_template, frame_start)
-            dataset = VideoDataset(data, split, train=False, num_frames=num_frames or protocol.frames,
-                                   stride=frame_stride or protocol.stride, sampler=sampler or protocol.sampler,
+            dataset = VideoDataset(data, split, train=False, num_frames=protocol.frames, stride=protocol.stride,
+                                   sampler=protocol.sampler,
                                    img_size=size, num_clips=clips, num_crops=crops, mean=cfg["mean"], std=cfg["std"],
                                    skip_bad=skip_bad, frame_template=template, frame_start=start)
         else:
@@ -356,9 +356,8 @@ class VideoTask(ImageTask):
 
     def protocol(self, model: nn.Module) -> VideoProtocol:
         """The model tag's protocol with the options' overrides."""
-        c, tag = self.config, video_protocol(model.pretrained_cfg)
-        return VideoProtocol(frames=c.num_frames or tag.frames, stride=c.frame_stride or tag.stride,
-                             sampler=c.sampler or tag.sampler, views=c.views)
+        c = self.config
+        return video_protocol(model.pretrained_cfg).overridden(c.num_frames, c.frame_stride, c.sampler, c.views)
 
     def datasets(self, model: nn.Module) -> Tuple[Any, Any, Optional[Dict[str, Any]]]:
         """Train/val datasets of the protocol; records it in ``model.pretrained_cfg`` so that saved checkpoints

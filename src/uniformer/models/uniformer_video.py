@@ -86,6 +86,13 @@ class VideoProtocol:
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def overridden(self, frames: Optional[int] = None, stride: Optional[int] = None, sampler: Optional[str] = None,
+                   views: Optional[str] = None) -> "VideoProtocol":
+        """This protocol with the given (not None / empty) options in place of its own: a checkpoint's protocol as
+        ``--num-frames``, ``--frame-stride``, ``--sampler`` and ``--views`` change it."""
+        given = dict(frames=frames, stride=stride, sampler=sampler, views=views)
+        return dataclasses.replace(self, **{k: v for k, v in given.items() if v})
+
 
 PROTOCOL_KEY = "video_protocol"  # a model's VideoProtocol in its pretrained_cfg, and its entry in a saved config.json
 
